@@ -1,0 +1,201 @@
+"""Typed training configuration: dataclasses, YAML files under configs/, `--set key=value` overrides.
+
+Unknown keys and ill-typed values are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10_lt"  # cifar10_lt | cifar100_lt | imagenet_lt | places_lt | imagefolder
+    # CIFAR: a folder (torchvision layout or cifar-10-batches-py / cifar-100-python) or an .npz file.
+    # Split-file datasets: the image root. imagefolder: a folder with one sub-folder per class.
+    root: str = "data"
+    download: bool = False  # CIFAR only: let torchvision download into `root`
+    imbalance_factor: float = 100.0  # n_max / n_min; 1 keeps the data as it is
+    profile: str = "exp"  # exp | step (long-tail profile when subsampling)
+    subsample_seed: int = 0  # which images form the long-tailed subset
+    val_per_class: int = 50  # balanced validation images held out of the training pool (0: none)
+    train_split: str = ""  # split files: "<relative path> <label>" per line (.txt or .txt.gz)
+    val_split: str = ""
+    test_split: str = ""
+    test_root: str = ""  # imagefolder: a separate test folder with the same class sub-folders
+    batch_size: int = 128
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet32"
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"  # ce | logit_adjusted | balanced_softmax
+    tau: float = 1.0  # logit-adjusted temperature
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 200
+    lr: float = 0.1  # for batch_size 128; not rescaled automatically
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    warmup_epochs: float = 5.0
+    schedule: str = "step"  # step | cosine
+    milestones: list[int] = field(default_factory=lambda: [160, 180])
+    gamma: float = 0.1  # step decay factor at every milestone
+
+
+@dataclass
+class GroupConfig:
+    rule: str = "count"  # count: many/medium/few by training count; rank: by the count ranking
+    many_above: int = 100  # count rule: many = n > many_above
+    few_below: int = 20  # count rule: few = n < few_below
+    head_fraction: float = 0.3  # rank rule: the largest 30% of classes are head (many)
+    tail_fraction: float = 0.3  # rank rule: the smallest 30% are tail (few)
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "bf16"  # none | bf16 | fp16 (fp16 only on CUDA, with a gradient scaler)
+    channels_last: bool = True
+    deterministic: bool = False  # torch.use_deterministic_algorithms, for exact resume on GPU
+    threads: int = 0  # CPU intra-op threads; 0 keeps torch's default
+    eval_test_every: int = 0  # also evaluate the test set every N epochs (logged as test-oracle)
+    progress: bool = True  # tqdm bars
+
+
+@dataclass
+class Config:
+    method: str = "erm"  # erm (ce / logit_adjusted / balanced_softmax through `loss`); methods register more
+    method_options: dict = field(default_factory=dict)  # checked by the method's own options dataclass
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    groups: GroupConfig = field(default_factory=GroupConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value, annotation, where: str):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_check_type(item, item_type, f"{where}[]") for item in value]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, known, where: str):
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{where}{key}'{hint}")
+
+
+def _build(cls, values: dict, where: str = ""):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise _unknown_key(key, hints, where)
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_type(value, annotation, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value, e.g. optim.lr=0.05")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def _apply_override(tree: dict, path: list[str], value) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+    for override in overrides:
+        key_path, value = parse_override(override)
+        _apply_override(tree, key_path, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict) -> Config:
+    config = _build(Config, tree)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    choices = {
+        "data.profile": (config.data.profile, ("exp", "step")),
+        "loss.name": (config.loss.name, ("ce", "logit_adjusted", "balanced_softmax")),
+        "optim.schedule": (config.optim.schedule, ("step", "cosine")),
+        "groups.rule": (config.groups.rule, ("count", "rank")),
+        "run.amp": (config.run.amp, ("none", "bf16", "fp16")),
+        "run.device": (config.run.device, ("auto", "cpu", "cuda")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
+    if config.data.imbalance_factor < 1:
+        raise ConfigError("data.imbalance_factor is n_max / n_min and must be >= 1 (100 means IF 100)")
+    if config.optim.epochs < 1:
+        raise ConfigError("optim.epochs must be at least 1")
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

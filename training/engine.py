@@ -1,0 +1,108 @@
+"""`train_one_epoch` and `predict` as plain functions, the learning-rate schedule and the one AMP step helper."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.config import OptimConfig
+
+
+class AmpStep:
+    """Autocast + backward + optimizer step in one place (fp16 gets a gradient scaler; bf16 and fp32 do not)."""
+
+    def __init__(self, amp: str, device: torch.device):
+        if amp == "fp16" and device.type != "cuda":
+            raise ValueError("run.amp=fp16 needs CUDA; use bf16 on CPU (or none)")
+        self.device_type = device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def learning_rate(config: OptimConfig, epoch: float) -> float:
+    """LR at a fractional epoch: linear warm-up, then step decay at the milestones or cosine to 0."""
+    if epoch < config.warmup_epochs:
+        return config.lr * epoch / config.warmup_epochs
+    if config.schedule == "step":
+        return config.lr * config.gamma ** sum(epoch >= milestone for milestone in config.milestones)
+    progress = (epoch - config.warmup_epochs) / max(config.epochs - config.warmup_epochs, 1e-8)
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def to_device(batch, device: torch.device, channels_last: bool):
+    if torch.is_tensor(batch):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(item, device, channels_last) for item in batch)
+    return batch
+
+
+def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config: OptimConfig, epoch: int,
+                    device: torch.device, channels_last: bool = True, progress: bool = True) -> dict:
+    """One pass over `loader`; `method.training_loss(model, batch)` defines what a step optimises."""
+    model.train()
+    total_loss, num_images, num_steps = 0.0, 0, len(loader)
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{optim_config.epochs}", disable=not progress, leave=False)
+    for step, batch in enumerate(bar):
+        lr = learning_rate(optim_config, epoch + (step + 1) / num_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = to_device(batch, device, channels_last)
+        with amp.autocast():
+            loss = method.training_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                     "lower optim.lr or check the data")
+        amp.step(loss, optimizer)
+        batch_size = method.batch_size(batch)
+        total_loss += loss.item() * batch_size
+        num_images += batch_size
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(num_images, 1), "lr": lr, "seconds": seconds,
+            "images_per_second": num_images / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def predict(classifier, loader, amp: AmpStep, device: torch.device, channels_last: bool = True,
+            progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+    """(predicted labels, true labels) of `classifier` (images → logits) over `loader`."""
+    classifier.eval()
+    predictions, labels = [], []
+    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        with amp.autocast():
+            logits = classifier(to_device(images, device, channels_last))
+        predictions.append(logits.float().argmax(dim=1).cpu())
+        labels.append(torch.as_tensor(targets))
+    return torch.cat(predictions).numpy(), torch.cat(labels).numpy()

@@ -1,0 +1,238 @@
+"""The training loop: data, model, optimiser, per-epoch validation, `last` / `best` checkpoints, resume.
+
+    python -m training train --config configs/cifar10_lt/ce.yaml --output-dir runs/ce
+    python -m training train --config configs/cifar10_lt/ce.yaml --output-dir runs/ce --resume
+
+Checkpoint selection ("best") uses the validation split only. The test set is evaluated at the end for
+the last and the best-on-validation epoch; `run.eval_test_every` adds a per-epoch test curve, which is
+labelled test-oracle because selecting on it is what the papers do, not what we recommend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from training.checkpoint import (CheckpointError, git_revision, load_checkpoint, restore_model,
+                                 restore_optimizer, save_checkpoint)
+from training.config import Config, config_from_dict, save_config
+from training.engine import AmpStep, predict, train_one_epoch
+from training.groups import class_groups, rule_description, shot_accuracy
+from training.lt_data import build_datasets
+from training.methods import build_method
+from training.transforms import eval_transform
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_epoch(seed: int, epoch: int) -> int:
+    """Reseed every RNG at each epoch start, so a resumed run replays exactly what it would have done."""
+    epoch_seed = seed * 100_003 + epoch
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed % 2**32)
+    torch.manual_seed(epoch_seed)
+    return epoch_seed
+
+
+def make_loader(dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, drop_last=drop_last and len(dataset) > batch_size,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def evaluate_split(classifier, dataset, config: Config, train_counts, amp, device, desc: str) -> dict:
+    loader = make_loader(dataset, config.data.batch_size, config.data.num_workers, shuffle=False)
+    predictions, labels = predict(classifier, loader, amp, device, config.run.channels_last,
+                                  config.run.progress, desc)
+    return shot_accuracy(predictions, labels, train_counts, config.groups)
+
+
+def model_card_info(config: Config, bundle, model) -> dict:
+    """What every checkpoint (and later the ONNX metadata) says about the data the model learnt from."""
+    counts = bundle.train_counts
+    return {
+        "class_names": bundle.class_names,
+        "class_counts": counts,
+        "class_groups": class_groups(counts, config.groups),
+        "group_rule": rule_description(config.groups),
+        "preprocessing": dataclasses.asdict(model.preprocessing),
+        "model_name": config.model.name,
+        "method": config.method if config.method != "erm" else config.loss.name,
+        "dataset": config.data.dataset,
+        "imbalance_factor": config.data.imbalance_factor,
+        "config": config.to_dict(),
+        "git_revision": git_revision(),
+    }
+
+
+def _existing_run(output_dir: Path) -> bool:
+    return (output_dir / "last.json").exists()
+
+
+def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
+    output_dir = Path(output_dir)
+    if _existing_run(output_dir) and not resume:
+        raise CheckpointError(f"{output_dir} already holds a run; pass --resume to continue it, "
+                              "or choose another --output-dir (nothing was overwritten)")
+    if resume and not _existing_run(output_dir):
+        raise CheckpointError(f"--resume: no last.json in {output_dir}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resume:  # the saved config wins, so a resumed run is the run that was started
+        config = config_from_dict(load_checkpoint(output_dir, "last")[1]["config"])
+
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    if config.run.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    device = resolve_device(config.run.device)
+    seed_epoch(config.run.seed, -1)
+
+    bundle = build_datasets(config.data)
+    train_counts = bundle.train_counts
+    method = build_method(config, train_counts)
+    model = method.build_model().to(device)
+    if config.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    preprocessing = model.preprocessing
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+                                weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
+    amp = AmpStep(config.run.amp, device)
+    card = model_card_info(config, bundle, model)
+
+    start_epoch, best, history = 0, None, []
+    if resume:
+        tensors, info = load_checkpoint(output_dir, "last")
+        restore_model(model, tensors, info)
+        restore_optimizer(optimizer, tensors, info)
+        amp.load_state_dict(info.get("amp_scaler", {}))
+        start_epoch, best, history = info["epoch"], info.get("best"), info["history"]
+        print(f"resuming {output_dir} after epoch {start_epoch}")
+    save_config(config, output_dir / "config.yaml")
+    _write_history(output_dir, history)
+
+    train_set = method.train_dataset(bundle, preprocessing)
+    evaluation_sets = {"val": bundle.val, "test": bundle.test}
+    evaluation_sets = {k: v.with_transform(eval_transform(preprocessing)) for k, v in evaluation_sets.items() if v}
+    classifier = method.classifier(model)
+    print(f"{config.data.dataset}: {len(train_set)} train / {len(bundle.val) if bundle.val else 0} val / "
+          f"{len(bundle.test)} test images, {bundle.num_classes} classes, counts {train_counts}")
+
+    for epoch in range(start_epoch, config.optim.epochs):
+        epoch_seed = seed_epoch(config.run.seed, epoch)
+        loader = make_loader(train_set, config.data.batch_size, config.data.num_workers, shuffle=True,
+                             seed=epoch_seed, drop_last=True)
+        record = {"epoch": epoch + 1, "train": train_one_epoch(model, method, loader, optimizer, amp, config.optim,
+                                                              epoch, device, config.run.channels_last,
+                                                              config.run.progress)}
+        if "val" in evaluation_sets:
+            record["val"] = _brief(evaluate_split(classifier, evaluation_sets["val"], config, train_counts, amp,
+                                                  device, "val"))
+        every = config.run.eval_test_every
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == config.optim.epochs):
+            record["test_oracle"] = _brief(evaluate_split(classifier, evaluation_sets["test"], config,
+                                                          train_counts, amp, device, "test"))
+        is_best = "val" in record and (best is None or record["val"]["overall"] > best["val_overall"])
+        if is_best:
+            best = {"epoch": epoch + 1, "val_overall": record["val"]["overall"]}
+        history.append(record)
+        info = dict(card, epoch=epoch + 1, best=best, history=history, amp_scaler=amp.state_dict())
+        save_checkpoint(output_dir / "last", model, info, optimizer)
+        if is_best:
+            save_checkpoint(output_dir / "best", model, info)
+        _write_history(output_dir, history)
+        print(_epoch_line(record, config.optim.epochs))
+
+    summary = final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, amp, device)
+    return summary
+
+
+def final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, amp, device) -> dict:
+    """Test accuracy of the last epoch and of the best-on-validation epoch, kept apart, into summary.json."""
+    _, last_info = load_checkpoint(output_dir, "last")
+    metrics = {"last_epoch": {"epoch": last_info["epoch"],
+                              "test": evaluate_split(classifier, evaluation_sets["test"], config, train_counts,
+                                                     amp, device, "test (last)")}}
+    if (output_dir / "best.json").exists():
+        tensors, best_info = load_checkpoint(output_dir, "best")
+        restore_model(model, tensors, best_info)
+        metrics["val_selected"] = {
+            "epoch": best_info["epoch"],
+            "val": evaluate_split(classifier, evaluation_sets["val"], config, train_counts, amp, device, "val"),
+            "test": evaluate_split(classifier, evaluation_sets["test"], config, train_counts, amp, device,
+                                   "test (best)"),
+        }
+    oracle = [r for r in last_info["history"] if "test_oracle" in r]
+    if oracle:
+        top = max(oracle, key=lambda r: r["test_oracle"]["overall"])
+        metrics["test_oracle_best"] = {"epoch": top["epoch"], "test": top["test_oracle"],
+                                       "note": "selected on the test set, as the papers do; not a fair estimate"}
+    for name in ("last", "best"):
+        if (output_dir / f"{name}.json").exists():
+            _attach_metrics(output_dir / f"{name}.json", metrics)
+    (output_dir / "summary.json").write_text(json.dumps(metrics, indent=1))
+    print(format_metrics_table(metrics, config.groups.rule))
+    return metrics
+
+
+def _attach_metrics(json_path: Path, metrics: dict) -> None:
+    """The metrics travel with the checkpoint (and from there into the ONNX model card)."""
+    info = json.loads(json_path.read_text())
+    info["metrics"] = metrics
+    temporary = json_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(info, indent=1))
+    os.replace(temporary, json_path)
+
+
+def _brief(result: dict) -> dict:
+    return {"overall": result["overall"], "groups": result["groups"]}
+
+
+def _write_history(output_dir: Path, history: list[dict]) -> None:
+    temporary = output_dir / "metrics.jsonl.tmp"
+    temporary.write_text("".join(json.dumps(record) + "\n" for record in history))
+    os.replace(temporary, output_dir / "metrics.jsonl")
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    train = record["train"]
+    line = (f"epoch {record['epoch']}/{epochs}  loss {train['loss']:.4f}  lr {train['lr']:.4f}  "
+            f"{train['images_per_second']:.0f} img/s")
+    if "val" in record:
+        line += f"  val {record['val']['overall']:.2f}"
+    if "test_oracle" in record:
+        line += f"  test {record['test_oracle']['overall']:.2f}"
+    return line
+
+
+def _percent(value) -> str:
+    return "   -  " if value is None else f"{value:6.2f}"
+
+
+def format_metrics_table(metrics: dict, rule: str) -> str:
+    names = ("many", "medium", "few") if rule == "count" else ("head", "medium", "tail")
+    lines = [f"{'':32s}{'overall':>8s}" + "".join(f"{n:>8s}" for n in names) + f"   (groups: {rule} rule)"]
+    rows = [("last epoch", "last_epoch"), ("val-selected", "val_selected"), ("test-selected (oracle)",
+                                                                              "test_oracle_best")]
+    for label, key in rows:
+        if key not in metrics:
+            continue
+        entry = metrics[key]
+        groups = entry["test"]["groups"][rule]
+        lines.append(f"{label + ' (epoch ' + str(entry['epoch']) + ')':32s}{_percent(entry['test']['overall']):>8s}"
+                     + "".join(f"{_percent(groups[g]):>8s}" for g in ("many", "medium", "few")))
+    return "\n".join(lines)
