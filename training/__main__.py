@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override data settings used for the parity check on real images")
-    export.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="allowed |ONNX - torch| per logit (plus 1e-6 x |logit|)")
     return parser
 
 

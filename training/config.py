@@ -124,7 +124,7 @@ def _check_type(value, annotation, where: str):
 
 def _unknown_key(key: str, known, where: str):
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = f" (did you mean '{where}{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
     return ConfigError(f"unknown config key '{where}{key}'{hint}")
 
 

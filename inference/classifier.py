@@ -1,0 +1,318 @@
+"""Classify images with an exported ONNX model and its model card.
+
+    clf = OnnxClassifier("model_zoo/cifar10_lt_ce_resnet32.onnx")
+    [prediction] = clf.predict([load_image("cat.png")], top_k=3)
+    print(describe(prediction.top[0]))  # "cat · tail class · 387 training images"
+
+Everything the classifier needs (class names, training counts, head/medium/tail groups,
+preprocessing) is read from the ONNX file's metadata, so serving never guesses how the model
+was trained. A foreign model without that metadata is refused unless class names are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from inference.images import ImageLoadError, load_image, to_rgb
+from inference.metadata import (
+    FORMAT_KEY,
+    GROUP_DISPLAY,
+    MissingMetadataError,
+    ModelCard,
+    Preprocessing,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+BATCH_SIZE = 64
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class IncompatibleModelError(ValueError):
+    """An ONNX file this classifier cannot run (wrong input/output shape, not ONNX at all, ...)."""
+
+
+@dataclass
+class ClassScore:
+    index: int
+    name: str
+    probability: float
+    train_count: int | None  # None when the model carries no training statistics
+    group: str | None  # "many" / "medium" / "few"; None when unknown
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prediction:
+    top: list[ClassScore]  # the top-k, most probable first
+    scores: list[ClassScore]  # every class, in class-index order
+
+    def to_dict(self) -> dict:
+        best = self.top[0]
+        return {
+            "prediction": best.name,
+            "probability": best.probability,
+            "group": best.group,
+            "train_count": best.train_count,
+            "top_k": [score.to_dict() for score in self.top],
+            "classes": [score.to_dict() for score in self.scores],
+        }
+
+
+def describe(score: ClassScore) -> str:
+    """One line for people, e.g. "cat · tail class · 387 training images"."""
+    if score.group is None:
+        return f"{score.name} · training counts unknown"
+    noun = "image" if score.train_count == 1 else "images"
+    return f"{score.name} · {GROUP_DISPLAY[score.group]} class · {score.train_count:,} training {noun}"
+
+
+class OnnxClassifier:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file {self.path} does not exist")
+        self.session = self._create_session(providers, threads)
+        self.provider = self.session.get_providers()[0]
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise IncompatibleModelError(f"{self.path.name} has {len(inputs)} inputs; expected one image batch input")
+        self.input_name = inputs[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        input_shape = inputs[0].shape  # ints for static axes, str or None for dynamic ones
+        if len(input_shape) != 4 or (isinstance(input_shape[1], int) and input_shape[1] != 3):
+            raise IncompatibleModelError(
+                f"{self.path.name} takes input of shape {input_shape}; expected (batch, 3, height, width)"
+            )
+        if inputs[0].type != "tensor(float)":
+            raise IncompatibleModelError(f"{self.path.name} takes {inputs[0].type}; expected tensor(float)")
+
+        self.card = self._read_card(input_shape, class_names)
+        self._check_shapes(input_shape)
+        self.has_training_counts = self.card.group_rule.get("rule") != "unknown"
+        if not self.has_training_counts:
+            log.warning(
+                "%s has no LongTail Studio metadata: guessing preprocessing (resize to %dx%d, ImageNet "
+                "mean/std, bilinear); predictions may be off if the model was trained differently",
+                self.path.name, *self.card.preprocessing.input_size[1:],
+            )
+
+    def _create_session(self, providers: Sequence[str] | None, threads: int | None) -> ort.InferenceSession:
+        requested = list(providers or DEFAULT_PROVIDERS)
+        available = ort.get_available_providers()
+        usable = [name for name in requested if name in available] or ["CPUExecutionProvider"]
+        if providers is not None and len(usable) < len(requested):
+            log.warning("providers %s are not available in this onnxruntime build", sorted(set(requested) - set(usable)))
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=usable)
+        except Exception as error:  # onnxruntime's exception classes are not public API
+            raise IncompatibleModelError(f"{self.path.name} could not be loaded by ONNX Runtime: {error}") from error
+
+        # ONNX Runtime falls back to CPU silently when CUDA fails to initialise.
+        if "CUDAExecutionProvider" in usable and "CUDAExecutionProvider" not in session.get_providers():
+            log.warning("CUDAExecutionProvider was requested but the session runs on %s", session.get_providers()[0])
+        return session
+
+    def _read_card(self, input_shape: list, class_names: Sequence[str] | None) -> ModelCard:
+        props = self.session.get_modelmeta().custom_metadata_map
+        if FORMAT_KEY in props or class_names is None:
+            card = ModelCard.from_metadata_props(props, source=self.path.name)
+            if class_names is not None and list(class_names) != card.class_names:
+                raise ValueError(
+                    f"{self.path.name} carries its own class names {card.class_names}; "
+                    "the class names passed in differ, so leave them out"
+                )
+            return card
+
+        height, width = input_shape[2], input_shape[3]
+        if not (isinstance(height, int) and isinstance(width, int)):
+            raise MissingMetadataError(
+                f"{self.path.name} has no LongTail Studio metadata and a dynamic input size "
+                f"{input_shape}, so the image size cannot be known; re-export it with a static height and width"
+            )
+        n = len(class_names)
+        return ModelCard(
+            class_names=list(class_names),
+            class_counts=[0] * n,
+            class_groups=["medium"] * n,  # the card requires a group; ClassScore reports None
+            group_rule={"rule": "unknown"},
+            preprocessing=Preprocessing(input_size=[3, height, width], mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            model_name=self.path.stem,
+        )
+
+    def _check_shapes(self, input_shape: list) -> None:
+        size = self.card.preprocessing.input_size
+        if size[0] != 3:
+            raise IncompatibleModelError(f"{self.path.name}: model card input size {size} does not have 3 channels")
+        for axis, expected in ((2, size[1]), (3, size[2])):
+            if isinstance(input_shape[axis], int) and input_shape[axis] != expected:
+                raise IncompatibleModelError(
+                    f"{self.path.name}: graph input {input_shape} does not match the card's input size {size}"
+                )
+        output_shape = self.session.get_outputs()[0].shape
+        if len(output_shape) != 2:
+            raise IncompatibleModelError(
+                f"{self.path.name} outputs shape {output_shape}; expected (batch, classes) logits"
+            )
+        if isinstance(output_shape[1], int) and output_shape[1] != self.card.num_classes:
+            raise IncompatibleModelError(
+                f"{self.path.name} outputs {output_shape[1]} classes but has {self.card.num_classes} class names"
+            )
+        if self.card.preprocessing.interpolation not in INTERPOLATIONS:
+            raise IncompatibleModelError(
+                f"{self.path.name}: unknown interpolation {self.card.preprocessing.interpolation!r}; "
+                f"expected one of {sorted(INTERPOLATIONS)}"
+            )
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.class_names
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return preprocess(images, self.card.preprocessing)
+
+    def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
+        top_k = max(1, min(int(top_k), self.card.num_classes))
+        predictions = []
+        for start in range(0, len(images), BATCH_SIZE):
+            batch = self.preprocess(images[start : start + BATCH_SIZE])
+            [logits] = self.session.run([self.output_name], {self.input_name: batch})
+            if logits.shape != (len(batch), self.card.num_classes):
+                raise IncompatibleModelError(
+                    f"{self.path.name} returned logits of shape {logits.shape}; "
+                    f"expected ({len(batch)}, {self.card.num_classes})"
+                )
+            predictions.extend(self._prediction(row, top_k) for row in softmax(logits))
+        return predictions
+
+    def classify_files(
+        self, paths: Sequence[str | os.PathLike], top_k: int = 5
+    ) -> list[Prediction | ImageLoadError]:
+        """Predict for image files; a file that cannot be read gives its `ImageLoadError` in its place."""
+        loaded: list[Image.Image | ImageLoadError] = []
+        for path in paths:
+            try:
+                loaded.append(load_image(path))
+            except ImageLoadError as error:
+                loaded.append(error)
+        good = [item for item in loaded if isinstance(item, Image.Image)]
+        predictions = iter(self.predict(good, top_k))
+        return [next(predictions) if isinstance(item, Image.Image) else item for item in loaded]
+
+    def _prediction(self, probabilities: np.ndarray, top_k: int) -> Prediction:
+        card = self.card
+        scores = [
+            ClassScore(
+                index=i,
+                name=card.class_names[i],
+                probability=float(p),
+                train_count=card.class_counts[i] if self.has_training_counts else None,
+                group=card.class_groups[i] if self.has_training_counts else None,
+            )
+            for i, p in enumerate(probabilities)
+        ]
+        # A stable sort keeps class order among ties, so results are deterministic.
+        order = np.argsort(-probabilities, kind="stable")
+        return Prediction(top=[scores[i] for i in order[:top_k]], scores=scores)
+
+
+def preprocess(images: Sequence[Image.Image], preprocessing: Preprocessing) -> np.ndarray:
+    """NCHW float32, equal (within 1 ulp) to torchvision's eval transform on PIL images, as in
+    training/transforms.py: Resize(resize_to, interpolation) + CenterCrop(input H, W) + to [0, 1] + Normalize."""
+    _, height, width = preprocessing.input_size
+    interpolation = INTERPOLATIONS[preprocessing.interpolation]
+    mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(preprocessing.std, dtype=np.float32).reshape(3, 1, 1)
+    batch = np.empty((len(images), 3, height, width), dtype=np.float32)
+    for i, image in enumerate(images):
+        image = _center_crop(_resize_shorter_side(to_rgb(image), preprocessing.resize_to, interpolation), height, width)
+        # Multiplying by 1/255 (not dividing by 255) is what training's v2.ToDtype(scale=True) does.
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)
+        batch[i] = (pixels - mean) / std
+    return batch
+
+
+def _resize_shorter_side(image: Image.Image, size: int, interpolation: Image.Resampling) -> Image.Image:
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)  # torchvision truncates the long side
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return image
+    return image.resize((new_w, new_h), interpolation)
+
+
+def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    w, h = image.size
+    if width > w or height > h:
+        # torchvision pads with black, the extra pixel of an odd difference on the right/bottom.
+        padded = Image.new("RGB", (max(w, width), max(h, height)))
+        padded.paste(image, (max(0, (width - w) // 2), max(0, (height - h) // 2)))
+        image, (w, h) = padded, padded.size
+    top = int(round((h - height) / 2.0))
+    left = int(round((w - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def list_models(models_dir: str | os.PathLike) -> list[Path]:
+    """The `*.onnx` files directly inside `models_dir` (none if it does not exist), sorted by name."""
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.glob("*.onnx") if _inside(path, folder) and path.is_file())
+
+
+def resolve_model(models_dir: str | os.PathLike, name: str) -> Path:
+    """The path of model file `name` in `models_dir`; refuses anything that would leave the folder."""
+    folder = Path(models_dir)
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name or "/" in name:
+        raise ValueError(f"{name!r} is not a model file name; pick one of the files in {folder}")
+    if not name.endswith(".onnx"):
+        raise ValueError(f"{name!r} is not an .onnx file")
+    path = folder / name
+    if not _inside(path, folder):
+        raise ValueError(f"{name!r} points outside the models folder {folder}")
+    if not path.is_file():
+        raise ValueError(f"model {name!r} not found in {folder}")
+    return path
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    # resolve() follows symlinks, so a link pointing out of the folder is caught too.
+    return path.resolve().is_relative_to(folder.resolve())

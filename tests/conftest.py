@@ -1,0 +1,75 @@
+"""Shared test setup: offline environment, the torchvision compat fix, and small generated data sets.
+
+Tests never download anything. The few that use ../shared/data skip with a reason when it is absent.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import torchvision_compat  # noqa: E402,F401  (before anything imports torchvision)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CLASS_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black", "orange", "purple"]
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 230, 30), (30, 220, 220), (220, 30, 220),
+           (235, 235, 235), (15, 15, 15), (240, 140, 20), (120, 40, 160)]
+
+
+def make_images(labels: np.ndarray, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Noisy images whose dominant colour is the class: easy enough to learn in a few steps."""
+    rng = np.random.default_rng(seed)
+    colours = np.array(COLOURS, dtype=np.float32)[labels % len(COLOURS)]
+    noise = rng.normal(0, 25, size=(len(labels), size, size, 3))
+    return np.clip(colours[:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def write_cifar_like_npz(path: Path, train_per_class: int = 60, test_per_class: int = 10,
+                         num_classes: int = 10) -> Path:
+    y_train = np.repeat(np.arange(num_classes), train_per_class)
+    y_test = np.repeat(np.arange(num_classes), test_per_class)
+    np.savez(path, x_train=make_images(y_train, seed=1), y_train=y_train, x_test=make_images(y_test, seed=2),
+             y_test=y_test, class_names=np.array(CLASS_NAMES[:num_classes]))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_npz(tmp_path_factory) -> Path:
+    return write_cifar_like_npz(tmp_path_factory.mktemp("data") / "tiny_cifar.npz")
+
+
+@pytest.fixture
+def tiny_config_overrides(tiny_cifar_npz):
+    """Overrides that turn configs/cifar10_lt/ce.yaml into a seconds-long run on generated data."""
+    return [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
+            "data.batch_size=32", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
+            "optim.lr=0.05", "run.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """<root>/<class>/<n>.png with 30 images per class for 3 classes."""
+    root = tmp_path_factory.mktemp("folder")
+    labels = np.repeat(np.arange(3), 30)
+    for index, (image, label) in enumerate(zip(make_images(labels, size=40, seed=3), labels)):
+        folder = root / CLASS_NAMES[label]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index}.png")
+    return root
+
+
+def require_shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not present (it exists only on the project's dev machines)")
+    return path

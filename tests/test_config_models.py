@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import create_model, get_preprocessing, list_models
+from training.config import ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_overrides_and_types(tmp_path):
+    config = load_config(CONFIGS[0], ["optim.lr=0.05", "optim.milestones=[3, 4]", "run.channels_last=false",
+                                      "data.imbalance_factor=50"])
+    assert config.optim.lr == 0.05 and config.optim.milestones == [3, 4]
+    assert config.run.channels_last is False and config.data.imbalance_factor == 50.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.learning_rate=0.1", "known keys: epochs, lr"),
+    ("optim.epoch=3", "did you mean 'optim.epochs'"),
+    ("optim.lr=fast", "expected float"),
+    ("run.channels_last=1", "expected true or false"),
+    ("loss.name=focal", "loss.name must be one of"),
+    ("data.imbalance_factor=0.01", "n_max / n_min"),
+    ("nonsense", "key=value"),
+])
+def test_bad_config_is_a_clear_error(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS[0], [override])
+
+
+def test_unknown_key_in_a_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match="optim.epoch"):
+        load_config(path)
+
+
+def test_registry_lists_models_with_preprocessing():
+    assert {"resnet32", "resnet32_wide", "resnet50", "resnext50_32x4d"} <= set(list_models())
+    assert get_preprocessing("resnet32").input_size == [3, 32, 32]
+    assert get_preprocessing("resnet50").crop_pct == 0.875
+    with pytest.raises(KeyError, match="available"):
+        create_model("vit_giant", 10)
+
+
+def test_resnet32_is_the_standard_size():
+    model = create_model("resnet32", num_classes=10)
+    assert 0.45e6 < sum(p.numel() for p in model.parameters()) < 0.47e6
+    wide = create_model("resnet32_wide", num_classes=10)
+    assert wide.num_features == 256
+
+
+@pytest.mark.parametrize("name, size", [("resnet32", 32), ("resnet32_wide", 32), ("resnet50", 64),
+                                        ("resnext50_32x4d", 64)])
+def test_features_then_head_equals_forward(name, size):
+    model = create_model(name, num_classes=7).eval()
+    images = torch.randn(2, 3, size, size)
+    features = model.forward_features(images)
+    assert features.shape == (2, model.num_features)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_head(model.forward_features(images)), model(images), atol=1e-5)

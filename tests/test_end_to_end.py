@@ -1,0 +1,95 @@
+"""The whole path as a user runs it: train → evaluate → export (CLI) → ONNX classifier → Gradio app API."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import CLASS_NAMES, REPO_ROOT, make_images
+
+
+def run_cli(*args, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory, tiny_cifar_npz):
+    work = tmp_path_factory.mktemp("e2e")
+    overrides = [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
+                 "data.batch_size=32", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
+                 "optim.lr=0.02", "run.progress=false"]
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    train = run_cli("training", "train", "--config", "configs/cifar10_lt/ce.yaml", *sets,
+                    "--output-dir", str(work / "run"))
+    assert "val-selected (epoch" in train.stdout and "last epoch (epoch 2)" in train.stdout
+
+    evaluate = run_cli("training", "evaluate", "--checkpoint", str(work / "run"))
+    assert "overall" in evaluate.stdout and "head" in evaluate.stdout and "magenta" in evaluate.stdout
+
+    zoo = work / "zoo"
+    export = run_cli("training", "export", "--checkpoint", str(work / "run"), "--output", str(zoo / "tiny_ce.onnx"))
+    assert "real images" in export.stdout
+    return zoo / "tiny_ce.onnx"
+
+
+def test_cli_errors_are_clear(tmp_path):
+    result = run_cli("training", "train", "--config", "configs/cifar10_lt/ce.yaml", "--set", "optim.lr=fast",
+                     "--output-dir", str(tmp_path / "x"), check=False)
+    assert result.returncode == 2 and "optim.lr: expected float" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("training", "evaluate", "--checkpoint", str(tmp_path), check=False)
+    assert result.returncode == 2 and "no checkpoint" in result.stderr
+
+
+def test_classifier_and_predict_cli_on_the_exported_model(exported_model, tmp_path):
+    from inference.classifier import OnnxClassifier
+
+    labels = np.arange(10)
+    paths = []
+    for image, label in zip(make_images(labels, seed=7), labels):
+        paths.append(tmp_path / f"{CLASS_NAMES[label]}.png")
+        Image.fromarray(image).resize((64, 48)).save(paths[-1])  # not the training size: resized back
+    classifier = OnnxClassifier(exported_model)
+    predictions = classifier.classify_files(paths)
+    assert [len(p.scores) for p in predictions] == [10] * 10
+    assert classifier.card.class_names == CLASS_NAMES and classifier.card.group_rule["rule"] == "rank"
+    assert {s.group for s in predictions[0].scores} == {"many", "medium", "few"}
+
+    result = run_cli("inference", "predict", "--model", str(exported_model), *map(str, paths[:2]))
+    records = json.loads(result.stdout)
+    assert [Path(r["image"]).name for r in records] == ["red.png", "green.png"]
+    assert all(r["prediction"] in CLASS_NAMES and len(r["classes"]) == 10 for r in records)
+
+
+def test_app_serves_the_exported_model(exported_model, tmp_path):
+    import app
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = app.build_app(exported_model.parent)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        image = tmp_path / "blue.png"
+        Image.fromarray(make_images(np.array([2]), seed=9)[0]).save(image)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        gallery, label, bars, summary, messages, records = client.predict(
+            exported_model.name, [handle_file(image)], 3, api_name="/classify")
+        assert records[0]["prediction"] in CLASS_NAMES
+        assert any(word in summary for word in ("head class", "medium class", "tail class"))
+        assert "training images" in summary and messages == ""
+        card_summary, histogram, metrics = client.predict(exported_model.name, api_name="/model_card")
+        assert "cifar10_lt" in card_summary and "magenta" in histogram and "Val-selected" in metrics
+    finally:
+        demo.close()

@@ -1,0 +1,51 @@
+"""`python -m training evaluate --checkpoint DIR`: rebuild a trained model and print its accuracy table."""
+
+from __future__ import annotations
+
+import json
+
+from training.checkpoint import load_checkpoint, restore_model
+from training.config import config_from_dict, parse_override, _apply_override
+from training.engine import AmpStep
+from training.lt_data import build_datasets
+from training.methods import build_method
+from training.train import evaluate_split, format_metrics_table, resolve_device
+from training.transforms import eval_transform
+
+
+def load_trained(checkpoint, which: str = "best", overrides=()):
+    """(config, method, model in eval mode on CPU, checkpoint info) from a run directory or file."""
+    tensors, info = load_checkpoint(checkpoint, which)
+    tree = info["config"]
+    for override in overrides:  # e.g. data.root on another machine
+        key_path, value = parse_override(override)
+        _apply_override(tree, key_path, value)
+    config = config_from_dict(tree)
+    method = build_method(config, info["class_counts"])
+    model = method.build_model()
+    restore_model(model, tensors, info)
+    return config, method, model.eval(), info
+
+
+def evaluate_checkpoint(checkpoint, which: str = "best", split: str = "test", overrides=()) -> dict:
+    config, method, model, info = load_trained(checkpoint, which, overrides)
+    device = resolve_device(config.run.device)
+    model.to(device)
+    bundle = build_datasets(config.data)
+    dataset = bundle.test if split == "test" else bundle.val
+    if dataset is None:
+        raise ValueError(f"this run has no {split} split")
+    result = evaluate_split(method.classifier(model), dataset.with_transform(eval_transform(model.preprocessing)),
+                            config, info["class_counts"], AmpStep(config.run.amp, device), device, split)
+    rule = info["group_rule"]["rule"]
+    print(f"{info['path']} (epoch {info['epoch']}, {split} split, {result['num_samples']} images)")
+    print(format_metrics_table({"last_epoch": {"epoch": info["epoch"], "test": result}}, rule)
+          .replace("last epoch", "this checkpoint"))
+    other = "rank" if rule == "count" else "count"
+    print(f"groups under the {other} rule: " + json.dumps(result["groups"][other]))
+    print("per class:")
+    for name, count, group, accuracy in zip(info["class_names"], info["class_counts"], info["class_groups"],
+                                            result["per_class"]):
+        shown = "-" if accuracy is None else f"{accuracy:.2f}"
+        print(f"  {name:24s} {count:7d} train  {group:7s} {shown:>7s}")
+    return result
