@@ -43,6 +43,7 @@ from inference.classifier import (  # noqa: E402
 )
 from inference.images import ImageLoadError, load_image  # noqa: E402
 from inference.metadata import GROUP_DISPLAY, GROUPS, MissingMetadataError, ModelCard  # noqa: E402
+from inference.model_card import group_rule_text  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_DIR = APP_DIR / "model_zoo"
@@ -121,30 +122,6 @@ def histogram_html(card: ModelCard) -> str:
         for i in order
     )
     return group_legend_html() + _scroll_box(rows)
-
-
-def group_rule_text(card: ModelCard) -> str:
-    """How the classes were split into head/medium/tail, in words, with the class count per group."""
-    rule = dict(card.group_rule)
-    kind = rule.pop("rule", None)
-    if kind == "unknown":
-        return "This model has no LongTail Studio metadata, so its training counts and groups are unknown."
-    if kind == "count" and {"many_above", "few_below"} <= rule.keys():
-        text = (
-            f"Groups by training images per class: head (many-shot) = more than {rule.pop('many_above')}, "
-            f"tail (few-shot) = fewer than {rule.pop('few_below')}, medium = the rest."
-        )
-    elif kind == "rank" and {"head_fraction", "tail_fraction"} <= rule.keys():
-        text = (
-            f"Groups by rank of training count: head = the {rule.pop('head_fraction'):.0%} of classes with the "
-            f"most training images, tail = the {rule.pop('tail_fraction'):.0%} with the fewest, medium = the rest."
-        )
-    else:
-        text = f"Groups by rule {kind!r}."
-    if rule:
-        text += " Parameters: " + ", ".join(f"{key} = {value}" for key, value in rule.items()) + "."
-    sizes = ", ".join(f"{GROUP_DISPLAY[g]}: {card.class_groups.count(g)}" for g in GROUPS)
-    return f"{text} Classes per group: {sizes}."
 
 
 def _percent(value) -> str:

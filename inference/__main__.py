@@ -1,6 +1,7 @@
 """Command line for exported models.
 
     python -m inference predict --model model_zoo/cifar10_lt_ce_resnet32.onnx cat.png dog.jpg --top-k 3
+    python -m inference card --model model_zoo/cifar10_lt_ce_resnet32.onnx
 
 prints a JSON list with one object per image. Exit status: 0 when every image was classified,
 1 when some image could not be read (it gets {"image": ..., "error": ...}; the others are still
@@ -18,6 +19,7 @@ from pathlib import Path
 from inference.classifier import IncompatibleModelError, OnnxClassifier
 from inference.images import ImageLoadError
 from inference.metadata import MissingMetadataError
+from inference.model_card import markdown_document
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="for models without LongTail metadata: comma-separated names, or a file with one name per line",
     )
     predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+
+    card = commands.add_parser("card", help="print an exported model's card as Markdown")
+    card.add_argument("--model", required=True, type=Path, help="an exported .onnx file")
     return parser
 
 
@@ -62,10 +67,20 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in record for record in records) else 0
 
 
+def card(args: argparse.Namespace) -> int:
+    try:
+        classifier = OnnxClassifier(args.model)
+    except (MissingMetadataError, IncompatibleModelError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(markdown_document(classifier.card, args.model.stem))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = get_args_parser().parse_args(argv)
-    commands = {"predict": predict}
+    commands = {"predict": predict, "card": card}
     return commands[args.command](args)
 
 

@@ -70,6 +70,9 @@ def test_classifier_and_predict_cli_on_the_exported_model(exported_model, tmp_pa
     assert [Path(r["image"]).name for r in records] == ["red.png", "green.png"]
     assert all(r["prediction"] in CLASS_NAMES and len(r["classes"]) == 10 for r in records)
 
+    card = run_cli("inference", "card", "--model", str(exported_model)).stdout
+    assert "| magenta | " in card and "## Test accuracy (%)" in card and "| val-selected |" in card
+
 
 def test_app_serves_the_exported_model(exported_model, tmp_path):
     import app

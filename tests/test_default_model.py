@@ -1,0 +1,48 @@
+"""The model shipped in model_zoo/: complete metadata, and real CIFAR-10 test images classified as well as
+its card says (the card's accuracy was measured in PyTorch on the JPEG-decoded test set; here the ONNX
+classifier with its own PIL preprocessing sees the bit-exact original pixels)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference.classifier import OnnxClassifier
+from tests.conftest import REPO_ROOT, require_shared
+
+MODEL = REPO_ROOT / "model_zoo" / "cifar10_lt_ce_resnet32.onnx"
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return OnnxClassifier(MODEL)
+
+
+def test_card_is_complete(classifier):
+    card = classifier.card
+    assert card.class_names == CIFAR10
+    assert card.class_counts == [4950, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert card.class_groups == ["many"] * 3 + ["medium"] * 4 + ["few"] * 3 and card.group_rule["rule"] == "rank"
+    assert card.method == "ce" and card.dataset == "cifar10_lt" and card.imbalance_factor == 100
+    assert card.preprocessing.input_size == [3, 32, 32]
+    assert {"last_epoch", "val_selected"} <= set(card.metrics)
+    assert card.git_revision not in ("", "unknown")
+
+
+def test_examples_are_classified(classifier):
+    paths = sorted((REPO_ROOT / "examples").glob("cifar10_test_*.png"))
+    assert len(paths) == 10
+    predictions = classifier.classify_files(paths)
+    truth = [path.stem.split("_", 3)[3] for path in paths]
+    correct = sum(p.top[0].name == t for p, t in zip(predictions, truth))
+    assert correct >= 6, [(t, p.top[0].name) for p, t in zip(predictions, truth)]
+
+
+def test_accuracy_on_real_test_images_matches_the_card(classifier):
+    exact = np.load(require_shared("cifar10_test_exact_subset.npz"))
+    labels = np.load(require_shared("cifar10.npz"))["y_test"][exact["test_idx"]]
+    images = [Image.fromarray(array) for array in exact["x_test"]]
+    predictions = classifier.predict(images, top_k=1)
+    accuracy = 100 * np.mean([p.top[0].index == label for p, label in zip(predictions, labels)])
+    expected = classifier.card.metrics["val_selected"]["test"]["overall"]
+    assert abs(accuracy - expected) < 4, (accuracy, expected)  # 1017 images: about ±1.5 points of noise
