@@ -8,7 +8,7 @@ import training.train as trainer
 from models import create_model
 from training.checkpoint import (CheckpointError, load_checkpoint, restore_model, restore_optimizer,
                                  save_checkpoint)
-from training.config import load_config
+from training.config import ConfigError, load_config
 
 CONFIG = "configs/cifar10_lt/ce.yaml"
 
@@ -43,11 +43,13 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "torn").mkdir()
     save_checkpoint(tmp_path / "torn" / "last", model, {"epoch": 1})
     save_checkpoint(tmp_path / "torn" / "other", model, {"epoch": 2})
-    (tmp_path / "torn" / "other.safetensors").replace(tmp_path / "torn" / "last.safetensors")
+    last_weights = tmp_path / "torn" / json.loads((tmp_path / "torn" / "last.json").read_text())["weights"]
+    next((tmp_path / "torn").glob("other.*.safetensors")).replace(last_weights)
     with pytest.raises(CheckpointError, match="different saves"):
         load_checkpoint(tmp_path / "torn", "last")
 
-    (tmp_path / "last.safetensors").write_bytes(b"\x00" * 100)
+    weights = next(tmp_path.glob("last.*.safetensors"))
+    weights.write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="missing or corrupt"):
         load_checkpoint(tmp_path, "last")
     (tmp_path / "last.json").write_text("{not json")
@@ -58,20 +60,39 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "empty", "best")
 
 
+def test_a_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import training.checkpoint as checkpoint
+
+    model = create_model("resnet32", 10)
+    save_checkpoint(tmp_path / "last", model, {"epoch": 1})
+
+    def crash(path, text):
+        raise KeyboardInterrupt  # killed after the new weights were written, before the JSON commit
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "last", model, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path, "last")[1]["epoch"] == 1
+    save_checkpoint(tmp_path / "last", model, {"epoch": 3})
+    assert load_checkpoint(tmp_path, "last")[1]["epoch"] == 3
+    assert len(list(tmp_path.glob("last.*.safetensors"))) == 1  # the orphan and the old file are gone
+
+
 def test_nothing_is_pickled(tmp_path):
     model = create_model("resnet32", 10)
     save_checkpoint(tmp_path / "last", model, {"epoch": 1}, torch.optim.SGD(model.parameters(), lr=0.1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.json", "last.safetensors"]
-    json.loads((tmp_path / "last.json").read_text())
-    assert load_file(tmp_path / "last.safetensors")
+    info = json.loads((tmp_path / "last.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.json", info["weights"]])
+    assert load_file(tmp_path / info["weights"])
 
 
 def test_training_writes_everything_needed(tmp_path, tiny_config_overrides):
     summary = trainer.train(load_config(CONFIG, tiny_config_overrides), tmp_path / "run")
     run = tmp_path / "run"
-    for name in ("config.yaml", "last.json", "last.safetensors", "best.json", "best.safetensors",
-                 "metrics.jsonl", "summary.json"):
+    for name in ("config.yaml", "last.json", "best.json", "metrics.jsonl", "summary.json"):
         assert (run / name).is_file(), name
+    assert len(list(run.glob("last.*.safetensors"))) == len(list(run.glob("best.*.safetensors"))) == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert {"last_epoch", "val_selected"} <= set(summary)
     info = json.loads((run / "best.json").read_text())
@@ -90,7 +111,7 @@ def test_resume_reaches_the_same_weights(tmp_path, tiny_config_overrides, monkey
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # dies in the middle of the third epoch
+        if len(calls) == 3:  # dies during the third epoch (before its checkpoint, like a mid-epoch kill)
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
@@ -99,12 +120,25 @@ def test_resume_reaches_the_same_weights(tmp_path, tiny_config_overrides, monkey
         trainer.train(load_config(CONFIG, overrides), tmp_path / "resumed")
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
     assert load_checkpoint(tmp_path / "resumed", "last")[1]["epoch"] == 2
-    trainer.train(load_config(CONFIG, overrides), tmp_path / "resumed", resume=True)
+    trainer.train(trainer.resume_config(tmp_path / "resumed", CONFIG, overrides), tmp_path / "resumed", resume=True)
 
-    straight = load_file(tmp_path / "straight" / "last.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "last.safetensors")
+    straight = load_checkpoint(tmp_path / "straight", "last")[0]
+    resumed = load_checkpoint(tmp_path / "resumed", "last")[0]
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_resume_keeps_the_saved_config(tmp_path, tiny_config_overrides):
+    run = tmp_path / "run"
+    trainer.train(load_config(CONFIG, tiny_config_overrides + ["optim.epochs=1"]), run)
+    same_command = tiny_config_overrides + ["optim.epochs=1"]
+    assert trainer.resume_config(run, CONFIG, same_command).optim.epochs == 1
+    with pytest.raises(ConfigError, match="differs from it in optim.lr; only data.root"):
+        trainer.resume_config(run, CONFIG, same_command + ["optim.lr=0.3"])
+    with pytest.raises(ConfigError, match="differs from it in optim.lr"):
+        trainer.resume_config(run, None, ["optim.lr=0.3"])
+    config = trainer.resume_config(run, None, ["run.threads=1", "data.root=elsewhere.npz"])
+    assert config.run.threads == 1 and config.data.root == "elsewhere.npz" and config.optim.epochs == 1

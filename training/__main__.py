@@ -1,6 +1,7 @@
 """Command line:
 
-    python -m training train --config configs/cifar10_lt/ce.yaml [--set key=value ...] --output-dir DIR [--resume]
+    python -m training train --config configs/cifar10_lt/ce.yaml [--set key=value ...] --output-dir DIR
+    python -m training train --output-dir DIR --resume
     python -m training evaluate --checkpoint DIR [--which best|last] [--split test|val]
     python -m training export --checkpoint DIR --output model.onnx
 """
@@ -17,11 +18,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
-    train.add_argument("--config", required=True, help="YAML file, e.g. configs/cifar10_lt/ce.yaml")
+    train.add_argument("--config", help="YAML file, e.g. configs/cifar10_lt/ce.yaml (optional with --resume)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
     train.add_argument("--output-dir", required=True, help="where checkpoints, config and metrics go")
-    train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from `last`")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from `last` with its saved config")
 
     evaluate = commands.add_parser("evaluate", help="print overall / many / medium / few accuracy")
     evaluate.add_argument("--checkpoint", required=True, help="a run directory or a .safetensors file")
@@ -42,16 +44,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and not args.config and not args.resume:
+        parser.error("train needs --config (or --resume to continue a run)")
+    from inference.images import ImageLoadError
     from training.checkpoint import CheckpointError
     from training.config import ConfigError
+    from training.export import ExportError
 
     try:
         if args.command == "train":
             from training.config import load_config
-            from training.train import train
+            from training.train import resume_config, train
 
-            train(load_config(args.config, args.overrides), args.output_dir, resume=args.resume)
+            if args.resume:
+                config = resume_config(args.output_dir, args.config, args.overrides)
+            else:
+                config = load_config(args.config, args.overrides)
+            train(config, args.output_dir, resume=args.resume)
         elif args.command == "evaluate":
             from training.evaluate import evaluate_checkpoint
 
@@ -60,7 +71,7 @@ def main(argv=None) -> int:
             from training.export import export_checkpoint
 
             export_checkpoint(args.checkpoint, args.output, args.which, args.overrides, args.tolerance)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, ExportError, ImageLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

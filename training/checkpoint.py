@@ -1,7 +1,8 @@
 """Checkpoints as safetensors (every tensor) + JSON (everything else); nothing is ever unpickled.
 
-A save writes `<name>.safetensors` then `<name>.json`, each atomically (temporary file + rename); both
-carry the same save id, so a pair torn apart by a crash is detected instead of silently mixed.
+A save of `<name>` writes the tensors to a new file `<name>.<save id>.safetensors`, then atomically
+replaces `<name>.json`, which names that file; only then is the previous tensor file deleted. The JSON
+replacement is the commit point: a crash at any moment leaves one complete, consistent checkpoint.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def _umask() -> int:
     return mask
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(Path(path), lambda target: Path(target).write_text(text))
+
+
 def _atomic_write(path: Path, write) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -82,20 +87,22 @@ def _join_optimizer_state(tensors: dict, info: dict) -> dict:
 
 def save_checkpoint(path_stem: Path, model: torch.nn.Module, info: dict,
                     optimizer: torch.optim.Optimizer | None = None, extra_tensors: dict | None = None) -> None:
-    """Write `<stem>.safetensors` + `<stem>.json`. `info` must be JSON-serialisable."""
+    """Write `<stem>.<id>.safetensors` + `<stem>.json`. `info` must be JSON-serialisable."""
     path_stem = Path(path_stem)
-    save_id = uuid.uuid4().hex
+    save_id = uuid.uuid4().hex[:16]
+    weights = path_stem.with_name(f"{path_stem.name}.{save_id}.safetensors")
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    info = dict(info, format=FORMAT, save_id=save_id)
+    info = dict(info, format=FORMAT, save_id=save_id, weights=weights.name)
     if optimizer is not None:
         optimizer_tensors, info["optimizer"] = _split_optimizer_state(optimizer.state_dict())
         tensors.update({k: v.contiguous().cpu() for k, v in optimizer_tensors.items()})
     for name, value in (extra_tensors or {}).items():
         tensors[f"extra.{name}"] = value.detach().contiguous().cpu()
-    _atomic_write(path_stem.with_suffix(".safetensors"),
-                  lambda target: save_file(tensors, target, metadata={"save_id": save_id}))
-    _atomic_write(path_stem.with_suffix(".json"),
-                  lambda target: Path(target).write_text(json.dumps(info, indent=1)))
+    _atomic_write(weights, lambda target: save_file(tensors, target, metadata={"save_id": save_id}))
+    atomic_write_text(path_stem.with_suffix(".json"), json.dumps(info, indent=1))
+    for stale in path_stem.parent.glob(f"{path_stem.name}.*.safetensors"):
+        if stale != weights:  # older saves, and tensors of a save that crashed before its JSON
+            stale.unlink(missing_ok=True)
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
@@ -107,7 +114,7 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
                 return path / name
         raise CheckpointError(f"no checkpoint ({which}.json / last.json) in {path}")
     if path.suffix in (".safetensors", ".json"):
-        path = path.with_suffix("")
+        path = path.with_name(path.name.split(".")[0])
     if not path.with_suffix(".json").is_file():
         raise CheckpointError(f"checkpoint not found: {path}.json")
     return path
@@ -122,14 +129,17 @@ def load_checkpoint(path: str | Path, which: str = "best") -> tuple[dict, dict]:
         raise CheckpointError(f"{stem}.json is unreadable or corrupt: {error}") from error
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{stem}.json is not a LongTail Studio checkpoint (format {FORMAT} expected)")
+    weights = stem.parent / str(info.get("weights", ""))
+    if Path(info.get("weights", "")).name != info.get("weights") or not weights.name:
+        raise CheckpointError(f"{stem}.json names no valid weights file")
     try:
-        tensors = load_file(str(stem.with_suffix(".safetensors")))
-        with safe_open(str(stem.with_suffix(".safetensors")), "pt") as handle:
+        tensors = load_file(str(weights))
+        with safe_open(str(weights), "pt") as handle:
             save_id = (handle.metadata() or {}).get("save_id")
     except (OSError, SafetensorError) as error:
-        raise CheckpointError(f"{stem}.safetensors is missing or corrupt: {error}") from error
+        raise CheckpointError(f"{weights} is missing or corrupt: {error}") from error
     if save_id != info.get("save_id"):
-        raise CheckpointError(f"{stem}.json and {stem}.safetensors come from different saves (interrupted write?)")
+        raise CheckpointError(f"{stem}.json and {weights.name} come from different saves")
     info["path"] = str(stem)
     return tensors, info
 

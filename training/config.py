@@ -5,6 +5,7 @@ Unknown keys and ill-typed values are errors, never silently ignored.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from models import list_models
 
 
 class ConfigError(ValueError):
@@ -160,17 +163,26 @@ def _apply_override(tree: dict, path: list[str], value) -> None:
     node[path[-1]] = value
 
 
+def apply_overrides(tree: dict, overrides=()) -> dict:
+    """A copy of a config tree with `key=value` overrides applied."""
+    tree = copy.deepcopy(tree)
+    for override in overrides:
+        key_path, value = parse_override(override)
+        _apply_override(tree, key_path, value)
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     tree: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
-    for override in overrides:
-        key_path, value = parse_override(override)
-        _apply_override(tree, key_path, value)
-    return config_from_dict(tree)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    return config_from_dict(apply_overrides(tree, overrides))
 
 
 def config_from_dict(tree: dict) -> Config:
@@ -193,8 +205,17 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
     if config.data.imbalance_factor < 1:
         raise ConfigError("data.imbalance_factor is n_max / n_min and must be >= 1 (100 means IF 100)")
-    if config.optim.epochs < 1:
-        raise ConfigError("optim.epochs must be at least 1")
+    for key, value in (("optim.epochs", config.optim.epochs), ("data.batch_size", config.data.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    if config.data.num_workers < 0 or config.data.val_per_class < 0:
+        raise ConfigError("data.num_workers and data.val_per_class cannot be negative")
+    if config.groups.head_fraction + config.groups.tail_fraction > 1:
+        raise ConfigError("groups.head_fraction + groups.tail_fraction must not exceed 1")
+    if config.run.amp == "fp16" and config.run.device == "cpu":
+        raise ConfigError("run.amp=fp16 needs CUDA; use bf16 on CPU (or none)")
+    if config.model.name not in list_models():
+        raise ConfigError(f"model.name '{config.model.name}' is not registered; available: {', '.join(list_models())}")
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -95,14 +95,15 @@ def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config
 
 
 @torch.no_grad()
-def predict(classifier, loader, amp: AmpStep, device: torch.device, channels_last: bool = True,
+def predict(classifier, loader, device: torch.device, channels_last: bool = True,
             progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
-    """(predicted labels, true labels) of `classifier` (images → logits) over `loader`."""
+    """(predicted labels, true labels) of `classifier` (images → logits) over `loader`.
+
+    Always fp32, even when training uses autocast: reported accuracy is that of the exported model."""
     classifier.eval()
     predictions, labels = [], []
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        with amp.autocast():
-            logits = classifier(to_device(images, device, channels_last))
+        logits = classifier(to_device(images, device, channels_last))
         predictions.append(logits.float().argmax(dim=1).cpu())
         labels.append(torch.as_tensor(targets))
     return torch.cat(predictions).numpy(), torch.cat(labels).numpy()

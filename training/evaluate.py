@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from training.checkpoint import load_checkpoint, restore_model
-from training.config import config_from_dict, parse_override, _apply_override
-from training.engine import AmpStep
+from training.config import ConfigError, apply_overrides, config_from_dict
 from training.lt_data import build_datasets
 from training.methods import build_method
 from training.train import evaluate_split, format_metrics_table, resolve_device
@@ -16,11 +15,7 @@ from training.transforms import eval_transform
 def load_trained(checkpoint, which: str = "best", overrides=()):
     """(config, method, model in eval mode on CPU, checkpoint info) from a run directory or file."""
     tensors, info = load_checkpoint(checkpoint, which)
-    tree = info["config"]
-    for override in overrides:  # e.g. data.root on another machine
-        key_path, value = parse_override(override)
-        _apply_override(tree, key_path, value)
-    config = config_from_dict(tree)
+    config = config_from_dict(apply_overrides(info["config"], overrides))  # e.g. data.root on another machine
     method = build_method(config, info["class_counts"])
     model = method.build_model()
     restore_model(model, tensors, info)
@@ -34,9 +29,9 @@ def evaluate_checkpoint(checkpoint, which: str = "best", split: str = "test", ov
     bundle = build_datasets(config.data)
     dataset = bundle.test if split == "test" else bundle.val
     if dataset is None:
-        raise ValueError(f"this run has no {split} split")
+        raise ConfigError(f"this run has no {split} split (data.val_per_class was 0)")
     result = evaluate_split(method.classifier(model), dataset.with_transform(eval_transform(model.preprocessing)),
-                            config, info["class_counts"], AmpStep(config.run.amp, device), device, split)
+                            config, info["class_counts"], device, split)
     rule = info["group_rule"]["rule"]
     print(f"{info['path']} (epoch {info['epoch']}, {split} split, {result['num_samples']} images)")
     print(format_metrics_table({"last_epoch": {"epoch": info["epoch"], "test": result}}, rule)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.checkpoint import (CheckpointError, git_revision, load_checkpoint, restore_model,
+from training.checkpoint import (CheckpointError, atomic_write_text, git_revision, load_checkpoint, restore_model,
                                  restore_optimizer, save_checkpoint)
-from training.config import Config, config_from_dict, save_config
+from training.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, save_config
 from training.engine import AmpStep, predict, train_one_epoch
 from training.groups import class_groups, rule_description, shot_accuracy
 from training.lt_data import build_datasets
@@ -54,9 +54,9 @@ def make_loader(dataset, batch_size: int, num_workers: int, shuffle: bool, seed:
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
-def evaluate_split(classifier, dataset, config: Config, train_counts, amp, device, desc: str) -> dict:
+def evaluate_split(classifier, dataset, config: Config, train_counts, device, desc: str) -> dict:
     loader = make_loader(dataset, config.data.batch_size, config.data.num_workers, shuffle=False)
-    predictions, labels = predict(classifier, loader, amp, device, config.run.channels_last,
+    predictions, labels = predict(classifier, loader, device, config.run.channels_last,
                                   config.run.progress, desc)
     return shot_accuracy(predictions, labels, train_counts, config.groups)
 
@@ -79,6 +79,34 @@ def model_card_info(config: Config, bundle, model) -> dict:
     }
 
 
+# Settings that may change when a run resumes (on another machine, say); all others must stay as saved.
+RESUMABLE_OVERRIDES = ("data.root", "data.num_workers", "run.threads", "run.progress", "run.device")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "method_options":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_config(output_dir: str | Path, config_path: str | None = None, overrides=()) -> Config:
+    """The saved config of a run. Re-running the original command with --resume is fine; anything that
+    would change the run other than RESUMABLE_OVERRIDES (paths, workers, threads, device) is an error."""
+    saved = config_from_dict(load_checkpoint(output_dir, "last")[1]["config"]).to_dict()
+    given = load_config(config_path, overrides) if config_path else config_from_dict(apply_overrides(saved, overrides))
+    given_flat, saved_flat = _flatten(given.to_dict()), _flatten(saved)
+    differing = sorted(k for k in given_flat if given_flat[k] != saved_flat.get(k) and k not in RESUMABLE_OVERRIDES)
+    if differing:
+        raise ConfigError(f"--resume continues the run saved in {output_dir}, but the given config differs from it in "
+                          f"{', '.join(differing)}; only {', '.join(RESUMABLE_OVERRIDES)} may change")
+    allowed = [f"{key}={json.dumps(given_flat[key])}" for key in RESUMABLE_OVERRIDES if key in given_flat]
+    return config_from_dict(apply_overrides(saved, allowed))
+
+
 def _existing_run(output_dir: Path) -> bool:
     return (output_dir / "last.json").exists()
 
@@ -91,8 +119,6 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
     if resume and not _existing_run(output_dir):
         raise CheckpointError(f"--resume: no last.json in {output_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    if resume:  # the saved config wins, so a resumed run is the run that was started
-        config = config_from_dict(load_checkpoint(output_dir, "last")[1]["config"])
 
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
@@ -140,40 +166,40 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
                                                               epoch, device, config.run.channels_last,
                                                               config.run.progress)}
         if "val" in evaluation_sets:
-            record["val"] = _brief(evaluate_split(classifier, evaluation_sets["val"], config, train_counts, amp,
-                                                  device, "val"))
+            record["val"] = _brief(evaluate_split(classifier, evaluation_sets["val"], config, train_counts, device,
+                                                  "val"))
         every = config.run.eval_test_every
         if every and ((epoch + 1) % every == 0 or epoch + 1 == config.optim.epochs):
             record["test_oracle"] = _brief(evaluate_split(classifier, evaluation_sets["test"], config,
-                                                          train_counts, amp, device, "test"))
+                                                          train_counts, device, "test"))
         is_best = "val" in record and (best is None or record["val"]["overall"] > best["val_overall"])
         if is_best:
             best = {"epoch": epoch + 1, "val_overall": record["val"]["overall"]}
         history.append(record)
         info = dict(card, epoch=epoch + 1, best=best, history=history, amp_scaler=amp.state_dict())
-        save_checkpoint(output_dir / "last", model, info, optimizer)
-        if is_best:
+        if is_best:  # before `last`: a crash in between replays this epoch on resume and saves it again
             save_checkpoint(output_dir / "best", model, info)
+        save_checkpoint(output_dir / "last", model, info, optimizer)
         _write_history(output_dir, history)
         print(_epoch_line(record, config.optim.epochs))
 
-    summary = final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, amp, device)
+    summary = final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device)
     return summary
 
 
-def final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, amp, device) -> dict:
+def final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device) -> dict:
     """Test accuracy of the last epoch and of the best-on-validation epoch, kept apart, into summary.json."""
     _, last_info = load_checkpoint(output_dir, "last")
     metrics = {"last_epoch": {"epoch": last_info["epoch"],
                               "test": evaluate_split(classifier, evaluation_sets["test"], config, train_counts,
-                                                     amp, device, "test (last)")}}
+                                                     device, "test (last)")}}
     if (output_dir / "best.json").exists():
         tensors, best_info = load_checkpoint(output_dir, "best")
         restore_model(model, tensors, best_info)
         metrics["val_selected"] = {
             "epoch": best_info["epoch"],
-            "val": evaluate_split(classifier, evaluation_sets["val"], config, train_counts, amp, device, "val"),
-            "test": evaluate_split(classifier, evaluation_sets["test"], config, train_counts, amp, device,
+            "val": evaluate_split(classifier, evaluation_sets["val"], config, train_counts, device, "val"),
+            "test": evaluate_split(classifier, evaluation_sets["test"], config, train_counts, device,
                                    "test (best)"),
         }
     oracle = [r for r in last_info["history"] if "test_oracle" in r]
@@ -193,9 +219,7 @@ def _attach_metrics(json_path: Path, metrics: dict) -> None:
     """The metrics travel with the checkpoint (and from there into the ONNX model card)."""
     info = json.loads(json_path.read_text())
     info["metrics"] = metrics
-    temporary = json_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(info, indent=1))
-    os.replace(temporary, json_path)
+    atomic_write_text(json_path, json.dumps(info, indent=1))
 
 
 def _brief(result: dict) -> dict:
@@ -203,9 +227,7 @@ def _brief(result: dict) -> dict:
 
 
 def _write_history(output_dir: Path, history: list[dict]) -> None:
-    temporary = output_dir / "metrics.jsonl.tmp"
-    temporary.write_text("".join(json.dumps(record) + "\n" for record in history))
-    os.replace(temporary, output_dir / "metrics.jsonl")
+    atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
 
 
 def _epoch_line(record: dict, epochs: int) -> str:
