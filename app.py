@@ -34,7 +34,7 @@ from PIL import Image  # noqa: E402
 
 from inference.classifier import (  # noqa: E402
     ClassScore,
-    IncompatibleModelError,
+    MODEL_ERRORS,
     OnnxClassifier,
     Prediction,
     describe,
@@ -42,8 +42,8 @@ from inference.classifier import (  # noqa: E402
     resolve_model,
 )
 from inference.images import ImageLoadError, load_image  # noqa: E402
-from inference.metadata import GROUP_DISPLAY, GROUPS, MissingMetadataError, ModelCard  # noqa: E402
-from inference.model_card import group_rule_text  # noqa: E402
+from inference.metadata import GROUP_DISPLAY, GROUPS, ModelCard  # noqa: E402
+from inference.model_card import evaluation_columns, group_accuracy, group_rule_text  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_DIR = APP_DIR / "model_zoo"
@@ -54,11 +54,11 @@ EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # would only make each of them slower.
 CONCURRENCY_LIMIT = 1
 MAX_TOP_K = 20
+MAX_UPLOAD_SIZE = "25mb"  # per file; larger uploads are refused by Gradio before they reach us
 THUMBNAIL_SIZE = (384, 384)
 # Okabe-Ito colours: distinguishable with the common forms of colour blindness.
 GROUP_COLOURS = {"many": "#0072B2", "medium": "#E69F00", "few": "#CC79A7"}
 UNKNOWN_COLOUR = "#999999"
-MODEL_ERRORS = (MissingMetadataError, IncompatibleModelError, FileNotFoundError, ValueError)
 
 
 # --- HTML and Markdown rendering (plain functions of the data, unit-tested) -----------------
@@ -131,19 +131,9 @@ def _percent(value) -> str:
 def metrics_html(card: ModelCard) -> str:
     """Accuracy overall and per group, last epoch next to the epoch chosen on validation
     (and the test-selected "oracle" epoch when the card has it, labelled as such)."""
-    metrics = card.metrics or {}
-    columns = []  # (heading, EVAL dict)
-    last = metrics.get("last_epoch") or {}
-    selected = metrics.get("val_selected") or {}
-    if last.get("test"):
-        columns.append((f"Last epoch ({last.get('epoch', '?')}) · test", last["test"]))
-    if selected.get("test"):
-        columns.append((f"Val-selected epoch ({selected.get('epoch', '?')}) · test", selected["test"]))
-    if selected.get("val"):
-        columns.append((f"Val-selected epoch ({selected.get('epoch', '?')}) · validation", selected["val"]))
-    oracle = metrics.get("test_oracle_best") or {}
-    if oracle.get("test"):
-        columns.append((f"Test-selected epoch ({oracle.get('epoch', '?')}) · test, oracle", oracle["test"]))
+    columns = [(f"{label[0].upper()}{label[1:]} (epoch {epoch})", evaluation)
+               for label, epoch, evaluation in evaluation_columns(card.metrics)]
+    oracle = (card.metrics or {}).get("test_oracle_best") or {}
     if not columns:
         return "<p>No evaluation results in this model card.</p>"
 
@@ -156,7 +146,7 @@ def metrics_html(card: ModelCard) -> str:
     for rule in rules:
         for group in GROUPS:
             label = f"{GROUP_DISPLAY[group]} classes (by {rule}{', primary' if rule == primary else ''})"
-            rows.append((label, [((evaluation.get("groups") or {}).get(rule) or {}).get(group) for _, evaluation in columns]))
+            rows.append((label, [group_accuracy(evaluation, rule, group) for _, evaluation in columns]))
 
     head = "".join(f"<th style='text-align:right;padding:0 0.8em'>{html.escape(h)}</th>" for h, _ in columns)
     body = "".join(
@@ -382,6 +372,7 @@ def main() -> None:
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        max_file_size=MAX_UPLOAD_SIZE,
     )
 
 

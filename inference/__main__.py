@@ -16,9 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from inference.classifier import IncompatibleModelError, OnnxClassifier
+from inference.classifier import MODEL_ERRORS, OnnxClassifier
 from inference.images import ImageLoadError
-from inference.metadata import MissingMetadataError
 from inference.model_card import markdown_document
 
 
@@ -49,11 +48,17 @@ def parse_class_names(value: str | None) -> list[str] | None:
     return [name.strip() for name in lines if name.strip()]
 
 
-def predict(args: argparse.Namespace) -> int:
+def open_model(path: Path, **kwargs) -> OnnxClassifier | None:
     try:
-        classifier = OnnxClassifier(args.model, threads=args.threads, class_names=parse_class_names(args.class_names))
-    except (MissingMetadataError, IncompatibleModelError, FileNotFoundError, ValueError) as error:
+        return OnnxClassifier(path, **kwargs)
+    except MODEL_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def predict(args: argparse.Namespace) -> int:
+    classifier = open_model(args.model, threads=args.threads, class_names=parse_class_names(args.class_names))
+    if classifier is None:
         return 2
 
     records = []
@@ -68,10 +73,8 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def card(args: argparse.Namespace) -> int:
-    try:
-        classifier = OnnxClassifier(args.model)
-    except (MissingMetadataError, IncompatibleModelError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    classifier = open_model(args.model)
+    if classifier is None:
         return 2
     sys.stdout.write(markdown_document(classifier.card, args.model.stem))
     return 0

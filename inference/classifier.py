@@ -48,6 +48,10 @@ class IncompatibleModelError(ValueError):
     """An ONNX file this classifier cannot run (wrong input/output shape, not ONNX at all, ...)."""
 
 
+# What opening a model file can raise, each with a message fit for the user.
+MODEL_ERRORS = (MissingMetadataError, IncompatibleModelError, FileNotFoundError, ValueError)
+
+
 @dataclass
 class ClassScore:
     index: int

@@ -48,6 +48,7 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     git_revision: str = ""
+    checkpoint: dict = field(default_factory=dict)  # which weights these are: {"which": "best", "epoch": 52}
 
     def __post_init__(self):
         n = len(self.class_names)

@@ -32,6 +32,29 @@ def group_rule_text(card: ModelCard) -> str:
     return f"{text} Classes per group: {sizes}."
 
 
+# (key in the metrics dict, split, label): the evaluations a run records, in display order.
+EVALUATIONS = (
+    ("last_epoch", "test", "last epoch"),
+    ("val_selected", "test", "val-selected"),
+    ("val_selected", "val", "val-selected, on validation"),
+    ("test_oracle_best", "test", "test-selected, oracle"),
+)
+
+
+def evaluation_columns(metrics: dict, splits=("test", "val")) -> list[tuple[str, object, dict]]:
+    """(label, epoch, evaluation) for every evaluation present in `metrics` on the given splits."""
+    columns = []
+    for key, split, label in EVALUATIONS:
+        entry = (metrics or {}).get(key) or {}
+        if split in splits and entry.get(split):
+            columns.append((label, entry.get("epoch", "?"), entry[split]))
+    return columns
+
+
+def group_accuracy(evaluation: dict, rule: str, group: str):
+    return ((evaluation.get("groups") or {}).get(rule) or {}).get(group)
+
+
 def _percent(value) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -39,8 +62,11 @@ def _percent(value) -> str:
 def markdown_document(card: ModelCard, title: str) -> str:
     """Everything in the card, for people: data, groups, accuracy (last vs val-selected), provenance."""
     pre = card.preprocessing
+    weights = card.checkpoint
     lines = [
         f"# {title}", "",
+        f"- **Weights:** {weights.get('which', '?')} checkpoint, epoch {weights.get('epoch', '?')}  " if weights
+        else "- **Weights:** not recorded  ",
         f"- **Method:** {card.method}  ",
         f"- **Model:** {card.model_name}  ",
         f"- **Dataset:** {card.dataset}, imbalance factor {card.imbalance_factor:g}  " if card.imbalance_factor
@@ -54,17 +80,14 @@ def markdown_document(card: ModelCard, title: str) -> str:
     lines += [f"| {name} | {count} | {GROUP_DISPLAY[group]} |"
               for name, count, group in zip(card.class_names, card.class_counts, card.class_groups)]
     rule = card.group_rule.get("rule", "count")
-    columns = [("last epoch", card.metrics.get("last_epoch")), ("val-selected", card.metrics.get("val_selected")),
-               ("test-selected (oracle)", card.metrics.get("test_oracle_best"))]
-    columns = [(label, entry) for label, entry in columns if entry and entry.get("test")]
+    columns = evaluation_columns(card.metrics, splits=("test",))
     if columns:
         lines += ["", "## Test accuracy (%)", "",
                   "| checkpoint | epoch | overall | " + " | ".join(GROUP_DISPLAY[g] for g in GROUPS) + " |",
                   "|---|---:|---:|" + "---:|" * len(GROUPS)]
-        for label, entry in columns:
-            groups = entry["test"]["groups"].get(rule, {})
-            lines.append(f"| {label} | {entry['epoch']} | {_percent(entry['test']['overall'])} | "
-                         + " | ".join(_percent(groups.get(g)) for g in GROUPS) + " |")
+        for label, epoch, evaluation in columns:
+            lines.append(f"| {label} | {epoch} | {_percent(evaluation.get('overall'))} | "
+                         + " | ".join(_percent(group_accuracy(evaluation, rule, g)) for g in GROUPS) + " |")
         lines += ["", f"Groups by the {rule} rule. The val-selected checkpoint was chosen on a held-out validation "
                   "split; the oracle row picks the best test epoch, as the papers do, and is not a fair estimate."]
     return "\n".join(lines) + "\n"

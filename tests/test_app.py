@@ -59,9 +59,9 @@ def test_group_rule_text():
 
 def test_metrics_table_has_both_epochs_and_all_groups():
     html = app.metrics_html(make_card())
-    assert "Last epoch (200) · test" in html
-    assert "Val-selected epoch (180) · test" in html
-    assert "Val-selected epoch (180) · validation" in html
+    assert "Last epoch (epoch 200)" in html
+    assert "Val-selected (epoch 180)" in html
+    assert "Val-selected, on validation (epoch 180)" in html
     assert "71.5%" in html and "72.0%" in html and "43.5%" in html
     assert "tail classes (by count, primary)" in html
     assert "medium classes (by rank)" in html
@@ -72,13 +72,13 @@ def test_metrics_table_has_both_epochs_and_all_groups():
 def test_metrics_table_labels_the_test_selected_oracle():
     metrics = dict(METRICS, test_oracle_best={"epoch": 150, "test": {"overall": 74.0}, "note": "selected on test"})
     html = app.metrics_html(make_card(metrics=metrics))
-    assert "Test-selected epoch (150) · test, oracle" in html and "74.0%" in html and "not a fair estimate" in html
+    assert "Test-selected, oracle (epoch 150)" in html and "74.0%" in html and "not a fair estimate" in html
 
 
 def test_metrics_table_renders_what_is_there():
     only_last = {"last_epoch": {"epoch": 5, "test": {"overall": 50.0}}}
     html = app.metrics_html(make_card(metrics=only_last))
-    assert "Last epoch (5) · test" in html and "50.0%" in html and "Val-selected" not in html
+    assert "Last epoch (epoch 5)" in html and "50.0%" in html and "Val-selected" not in html
     assert "No evaluation results" in app.metrics_html(make_card(metrics={}))
 
 
@@ -155,7 +155,7 @@ def test_model_card_over_the_api(served):
     summary, histogram, metrics = served.predict("tiny.onnx", api_name="/model_card")
     assert "**Method:** ce" in summary and "more than 100" in summary
     assert histogram.index("cat") < histogram.index("dog") < histogram.index("bird")
-    assert "Val-selected epoch (180) · test" in metrics and str(METRICS["last_epoch"]["epoch"]) in metrics
+    assert "Val-selected (epoch 180)" in metrics and str(METRICS["last_epoch"]["epoch"]) in metrics
 
 
 def test_selecting_a_gallery_image_shows_its_details(tmp_path_factory, tmp_path):

@@ -29,6 +29,9 @@ def test_overrides_and_types(tmp_path):
     ("loss.name=focal", "loss.name must be one of"),
     ("data.imbalance_factor=0.01", "n_max / n_min"),
     ("nonsense", "key=value"),
+    ("model.name=resnet34", "not registered; available: resnet32"),
+    ("data.batch_size=0", "data.batch_size must be at least 1"),
+    ("groups.head_fraction=0.8", "must not exceed 1"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -66,3 +69,25 @@ def test_features_then_head_equals_forward(name, size):
     assert features.shape == (2, model.num_features)
     with torch.no_grad():
         assert torch.allclose(model.forward_head(model.forward_features(images)), model(images), atol=1e-5)
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        load_config(CONFIGS[0], ["run.amp=fp16", "run.device=cpu"])
+
+
+@pytest.mark.parametrize("dataset, classes, n_max, expected", [
+    ("cifar10_lt", 10, 5000, {"many": 3, "medium": 4, "few": 3}),
+    ("cifar100_lt", 100, 500, {"many": 35, "medium": 35, "few": 30}),
+])
+def test_shipped_cifar_configs_give_the_standard_groups(dataset, classes, n_max, expected):
+    from training.groups import class_groups
+    from training.lt_data import long_tail_counts
+
+    for path in CONFIGS:
+        config = load_config(path)
+        if config.data.dataset != dataset:
+            continue
+        counts = long_tail_counts(n_max, classes, config.data.imbalance_factor)
+        groups = class_groups(counts, config.groups)
+        assert {g: groups.count(g) for g in expected} == expected, path

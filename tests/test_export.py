@@ -44,6 +44,7 @@ def test_export_writes_one_checked_file_with_the_model_card(trained_run, tmp_pat
     assert card.method == "ce" and card.dataset == "cifar10_lt" and card.imbalance_factor == 10
     assert {"last_epoch", "val_selected"} <= set(card.metrics)
     assert card.config["optim"]["epochs"] == 1 and card.git_revision
+    assert card.checkpoint == {"which": "val-selected", "epoch": info["epoch"]}
 
 
 def test_exported_graph_has_a_dynamic_batch_and_matches_torch(trained_run, tmp_path):

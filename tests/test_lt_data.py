@@ -128,6 +128,34 @@ def test_split_file_with_bad_line(tmp_path):
         build_datasets(config)
 
 
+@pytest.mark.parametrize("line, message", [("../../etc/passwd 0", "inside data.root"),
+                                           ("/abs/a.jpg 1", "inside data.root"),
+                                           ("a.jpg -1", "label >= 0")])
+def test_split_file_paths_stay_inside_the_root(tmp_path, line, message):
+    (tmp_path / "train.txt").write_text(f"a.jpg 0\n{line}\n")
+    config = DataConfig(dataset="places_lt", root=str(tmp_path), train_split=str(tmp_path / "train.txt"),
+                        val_split=str(tmp_path / "train.txt"), test_split=str(tmp_path / "train.txt"))
+    with pytest.raises(ConfigError, match=message):
+        build_datasets(config)
+
+
+def test_npz_with_the_wrong_layout_is_refused(tmp_path):
+    labels = np.arange(10)
+    channels_first = make_images(labels).transpose(0, 3, 1, 2)
+    np.savez(tmp_path / "bad.npz", x_train=channels_first, y_train=labels, x_test=channels_first, y_test=labels,
+             class_names=np.array(CLASS_NAMES))
+    with pytest.raises(ConfigError, match="uint8 N x H x W x 3"):
+        build_datasets(DataConfig(root=str(tmp_path / "bad.npz")))
+    np.savez(tmp_path / "partial.npz", x_train=channels_first)
+    with pytest.raises(ConfigError, match="lacks the arrays"):
+        build_datasets(DataConfig(root=str(tmp_path / "partial.npz")))
+
+
+def test_image_folder_without_test_root_needs_a_hold_out(image_folder):
+    with pytest.raises(ConfigError, match="val_per_class >= 1"):
+        build_datasets(DataConfig(dataset="imagefolder", root=str(image_folder), val_per_class=0))
+
+
 def test_image_folder_holds_out_val_and_test_and_subsamples(image_folder):
     config = DataConfig(dataset="imagefolder", root=str(image_folder), val_per_class=4, imbalance_factor=5)
     bundle = build_datasets(config)

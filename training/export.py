@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from inference.images import ImageLoadError
 from inference.metadata import ModelCard, Preprocessing, embed_card
 from training.config import ConfigError
 from training.evaluate import load_trained
@@ -83,6 +84,8 @@ def card_from_info(info: dict) -> ModelCard:
     fields = {f.name for f in dataclasses.fields(ModelCard)}
     values = {key: info[key] for key in fields if key in info}
     values["preprocessing"] = Preprocessing(**info["preprocessing"])
+    values["checkpoint"] = {"which": "val-selected" if Path(info["path"]).name == "best" else "last",
+                            "epoch": info["epoch"]}
     return ModelCard(**values)
 
 
@@ -90,7 +93,7 @@ def real_test_images(config, preprocessing: Preprocessing, count: int = 64) -> t
     """A fixed sample of test images for the parity check, or None if the data is not on this machine."""
     try:
         test = build_datasets(config.data).test.with_transform(eval_transform(preprocessing))
-    except (ConfigError, OSError) as error:
+    except (ConfigError, OSError, ImageLoadError) as error:
         print(f"warning: parity checked on random inputs only; test images unavailable ({error})")
         return None
     indices = np.random.default_rng(0).choice(len(test), size=min(count, len(test)), replace=False)

@@ -186,8 +186,18 @@ def load_cifar_arrays(dataset: str, root: str, download: bool):
         if not path.is_file():
             raise ConfigError(f"data.root: no such file {path}")
         with np.load(path) as arrays:
-            return (arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+            missing = {"x_train", "y_train", "x_test", "y_test", "class_names"} - set(arrays.files)
+            if missing:
+                raise ConfigError(f"{path} lacks the arrays {sorted(missing)}")
+            data = (arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                     [str(name) for name in arrays["class_names"]])
+        for images, labels in ((data[0], data[1]), (data[2], data[3])):
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
+                raise ConfigError(f"{path}: images must be uint8 N x H x W x 3 with one label each; got "
+                                  f"{images.dtype} {images.shape} and {len(labels)} labels")
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(data[4])):
+                raise ConfigError(f"{path}: labels must lie in 0..{len(data[4]) - 1}")
+        return data
     folder = path / CIFAR_FOLDERS[dataset] if (path / CIFAR_FOLDERS[dataset]).is_dir() else path
     marker = "batches.meta" if dataset == "cifar10_lt" else "meta"
     if not (folder / marker).is_file():
@@ -234,8 +244,12 @@ def read_split_file(path: str | Path) -> list[tuple[str, int]]:
             if not line.strip():
                 continue
             parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ConfigError(f"{path}:{line_number}: expected '<relative path> <label>', got {line.strip()!r}")
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise ConfigError(f"{path}:{line_number}: expected '<relative path> <label>' with a label >= 0, "
+                                  f"got {line.strip()!r}")
+            relative = Path(parts[0])
+            if relative.is_absolute() or ".." in relative.parts:
+                raise ConfigError(f"{path}:{line_number}: image paths must stay inside data.root, got {parts[0]!r}")
             samples.append((parts[0], int(parts[1])))
     return samples
 
@@ -292,6 +306,9 @@ def build_image_folder(config: DataConfig) -> DatasetBundle:
         test_paths, test_labels, _ = _scan_image_folder(Path(config.test_root), class_names)
         test = FileListDataset(test_paths, test_labels)
     else:  # no separate test folder: hold out a balanced test set too
+        if config.val_per_class < 1:
+            raise ConfigError("an image folder without data.test_root needs data.val_per_class >= 1: that many "
+                              "images per class are held out for validation and again for testing")
         test_idx, rest = split_off_balanced(labels, config.val_per_class, rng, keep_at_least=2)
         test, pool = subset(pool, test_idx), subset(pool, rest)
     val_idx, rest = split_off_balanced(pool.labels, config.val_per_class, rng)

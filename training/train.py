@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from inference.metadata import GROUPS
+from inference.model_card import evaluation_columns, group_accuracy
 from training.checkpoint import (CheckpointError, atomic_write_text, git_revision, load_checkpoint, restore_model,
                                  restore_optimizer, save_checkpoint)
 from training.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, save_config
@@ -153,7 +155,8 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
 
     train_set = method.train_dataset(bundle, preprocessing)
     evaluation_sets = {"val": bundle.val, "test": bundle.test}
-    evaluation_sets = {k: v.with_transform(eval_transform(preprocessing)) for k, v in evaluation_sets.items() if v}
+    evaluation_sets = {k: v.with_transform(eval_transform(preprocessing))
+                       for k, v in evaluation_sets.items() if v is not None}
     classifier = method.classifier(model)
     print(f"{config.data.dataset}: {len(train_set)} train / {len(bundle.val) if bundle.val else 0} val / "
           f"{len(bundle.test)} test images, {bundle.num_classes} classes, counts {train_counts}")
@@ -248,13 +251,7 @@ def _percent(value) -> str:
 def format_metrics_table(metrics: dict, rule: str) -> str:
     names = ("many", "medium", "few") if rule == "count" else ("head", "medium", "tail")
     lines = [f"{'':32s}{'overall':>8s}" + "".join(f"{n:>8s}" for n in names) + f"   (groups: {rule} rule)"]
-    rows = [("last epoch", "last_epoch"), ("val-selected", "val_selected"), ("test-selected (oracle)",
-                                                                              "test_oracle_best")]
-    for label, key in rows:
-        if key not in metrics:
-            continue
-        entry = metrics[key]
-        groups = entry["test"]["groups"][rule]
-        lines.append(f"{label + ' (epoch ' + str(entry['epoch']) + ')':32s}{_percent(entry['test']['overall']):>8s}"
-                     + "".join(f"{_percent(groups[g]):>8s}" for g in ("many", "medium", "few")))
+    for label, epoch, evaluation in evaluation_columns(metrics, splits=("test",)):
+        lines.append(f"{label + ' (epoch ' + str(epoch) + ')':32s}{_percent(evaluation['overall']):>8s}"
+                     + "".join(f"{_percent(group_accuracy(evaluation, rule, g)):>8s}" for g in GROUPS))
     return "\n".join(lines)
