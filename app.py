@@ -177,6 +177,8 @@ def card_markdown(card: ModelCard, classifier: OnnxClassifier) -> str:
         ("Imbalance factor", imbalance),
         ("Model", card.model_name),
         ("Git revision", f"`{card.git_revision}`" if card.git_revision else ""),
+        ("Weights", f"{card.checkpoint.get('which')} checkpoint, epoch {card.checkpoint.get('epoch')}"
+         if card.checkpoint else ""),
         ("Classes", str(card.num_classes)),
         ("Input", f"{pre.interpolation} resize to {pre.resize_to}, centre crop {pre.input_size[1]}×{pre.input_size[2]}"),
         ("Runs on", classifier.provider),
