@@ -96,3 +96,30 @@ def test_app_serves_the_exported_model(exported_model, tmp_path):
         assert "cifar10_lt" in card_summary and "magenta" in histogram and "Val-selected" in metrics
     finally:
         demo.close()
+
+
+def test_interrupted_training_resumes_from_the_command_line(tmp_path, tiny_cifar_npz):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    overrides = [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
+                 "data.batch_size=32", "data.num_workers=0", "optim.epochs=20", "run.progress=false"]
+    command = [sys.executable, "-m", "training", "train", "--config", "configs/cifar10_lt/ce.yaml",
+               *[arg for override in overrides for arg in ("--set", override)], "--output-dir", str(run)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "last.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "--resume" in stderr and "Traceback" not in stderr
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 20
+
+    result = run_cli("training", "train", "--output-dir", str(run), "--resume", "--set", "optim.epochs=21", check=False)
+    assert result.returncode == 2 and "differs from it in optim.epochs" in result.stderr
+    resumed = run_cli("training", "train", "--output-dir", str(run), "--resume", "--set", "run.threads=1")
+    assert f"resuming {run} after epoch {done}" in resumed.stdout
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 21))

@@ -71,6 +71,12 @@ def main(argv=None) -> int:
             from training.export import export_checkpoint
 
             export_checkpoint(args.checkpoint, args.output, args.which, args.overrides, args.tolerance)
+    except KeyboardInterrupt:
+        if args.command != "train":
+            raise
+        print(f"\ninterrupted; the last completed epoch is saved. Continue with:\n"
+              f"  python -m training train --output-dir {args.output_dir} --resume", file=sys.stderr)
+        return 130
     except (ConfigError, CheckpointError, ExportError, ImageLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
