@@ -9,7 +9,9 @@ from PIL import Image
 from inference.classifier import OnnxClassifier
 from tests.conftest import REPO_ROOT, require_shared
 
-MODEL = REPO_ROOT / "model_zoo" / "cifar10_lt_ce_resnet32.onnx"
+ZOO = REPO_ROOT / "model_zoo"
+MODEL = ZOO / "cifar10_lt_ce_resnet32.onnx"
+SHIPPED = sorted(ZOO.glob("*.onnx"))
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -18,15 +20,28 @@ def classifier():
     return OnnxClassifier(MODEL)
 
 
-def test_card_is_complete(classifier):
-    card = classifier.card
+def test_the_default_is_shipped():
+    assert MODEL in SHIPPED
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_model_has_a_complete_card(path):
+    card = OnnxClassifier(path).card
     assert card.class_names == CIFAR10
     assert card.class_counts == [4950, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert card.class_groups == ["many"] * 3 + ["medium"] * 4 + ["few"] * 3 and card.group_rule["rule"] == "rank"
-    assert card.method == "ce" and card.dataset == "cifar10_lt" and card.imbalance_factor == 100
+    assert card.method in path.name and card.dataset == "cifar10_lt" and card.imbalance_factor == 100
     assert card.preprocessing.input_size == [3, 32, 32]
     assert {"last_epoch", "val_selected"} <= set(card.metrics)
+    assert card.checkpoint["which"] == "val-selected"
     assert card.git_revision not in ("", "unknown")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_model_card_document_is_current(path):
+    from inference.model_card import markdown_document
+
+    assert path.with_suffix(".md").read_text() == markdown_document(OnnxClassifier(path).card, path.stem)
 
 
 def test_examples_are_classified(classifier):
