@@ -186,14 +186,14 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
         _write_history(output_dir, history)
         print(_epoch_line(record, config.optim.epochs))
 
-    summary = final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device)
-    return summary
+    return final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device, history)
 
 
-def final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device) -> dict:
-    """Test accuracy of the last epoch and of the best-on-validation epoch, kept apart, into summary.json."""
-    _, last_info = load_checkpoint(output_dir, "last")
-    metrics = {"last_epoch": {"epoch": last_info["epoch"],
+def final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device, history) -> dict:
+    """Test accuracy of the last epoch and of the best-on-validation epoch, kept apart, into summary.json.
+
+    `model` holds the last epoch's weights when called and the best epoch's afterwards."""
+    metrics = {"last_epoch": {"epoch": history[-1]["epoch"],
                               "test": evaluate_split(classifier, evaluation_sets["test"], config, train_counts,
                                                      device, "test (last)")}}
     if (output_dir / "best.json").exists():
@@ -205,7 +205,7 @@ def final_evaluation(config, output_dir, model, classifier, evaluation_sets, tra
             "test": evaluate_split(classifier, evaluation_sets["test"], config, train_counts, device,
                                    "test (best)"),
         }
-    oracle = [r for r in last_info["history"] if "test_oracle" in r]
+    oracle = [r for r in history if "test_oracle" in r]
     if oracle:
         top = max(oracle, key=lambda r: r["test_oracle"]["overall"])
         metrics["test_oracle_best"] = {"epoch": top["epoch"], "test": top["test_oracle"],
