@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 from training.checkpoint import load_checkpoint, restore_model
 from training.config import ConfigError, apply_overrides, config_from_dict
@@ -34,10 +34,11 @@ def evaluate_checkpoint(checkpoint, which: str = "best", split: str = "test", ov
                             config, info["class_counts"], device, split)
     rule = info["group_rule"]["rule"]
     print(f"{info['path']} (epoch {info['epoch']}, {split} split, {result['num_samples']} images)")
-    print(format_metrics_table({"last_epoch": {"epoch": info["epoch"], "test": result}}, rule)
-          .replace("last epoch", "this checkpoint"))
+    kind = "val_selected" if Path(info["path"]).name == "best" else "last_epoch"
+    print(format_metrics_table({kind: {"epoch": info["epoch"], "test": result}}, rule))
     other = "rank" if rule == "count" else "count"
-    print(f"groups under the {other} rule: " + json.dumps(result["groups"][other]))
+    print(f"groups under the {other} rule: " + ", ".join(
+        f"{group} {'-' if value is None else f'{value:.2f}'}" for group, value in result["groups"][other].items()))
     print("per class:")
     for name, count, group, accuracy in zip(info["class_names"], info["class_counts"], info["class_groups"],
                                             result["per_class"]):
