@@ -39,9 +39,10 @@ from inference.classifier import (  # noqa: E402
     Prediction,
     describe,
     list_models,
+    load_images,
     resolve_model,
 )
-from inference.images import ImageLoadError, load_image  # noqa: E402
+from inference.images import ImageLoadError  # noqa: E402
 from inference.metadata import GROUP_DISPLAY, GROUPS, ModelCard  # noqa: E402
 from inference.model_card import evaluation_columns, group_accuracy, group_rule_text  # noqa: E402
 
@@ -255,23 +256,18 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
     def classify(model_name: str | None, files: list[str] | None, top_k: float):
         """Classify every uploaded image; returns gallery, top-k label, class bars, summary, messages and JSON records."""
         classifier = load_model(model_name)
-        loaded = []  # (file name, image or ImageLoadError), in upload order
-        for file in files or []:
-            try:
-                loaded.append((Path(file).name, load_image(file)))
-            except ImageLoadError as error:
-                loaded.append((Path(file).name, error))
-                gr.Warning(str(error))
-        good = [image for _, image in loaded if isinstance(image, Image.Image)]
-        predictions = iter(classifier.predict(good, top_k=int(top_k)))
+        files = files or []
+        loaded = load_images(files)
+        results = classifier.predict_loaded(loaded, top_k=int(top_k))
 
         records, items, gallery, problems = [], [], [], []
-        for name, image in loaded:
-            if isinstance(image, ImageLoadError):
-                problems.append(str(image))
-                records.append({"image": name, "error": str(image)})
+        for file, image, prediction in zip(files, loaded, results):
+            name = Path(file).name
+            if isinstance(prediction, ImageLoadError):
+                gr.Warning(str(prediction))
+                problems.append(str(prediction))
+                records.append({"image": name, "error": str(prediction)})
                 continue
-            prediction = next(predictions)
             records.append({"image": name, **prediction.to_dict()})
             items.append({"image": name, "prediction": prediction})
             thumbnail = image.copy()

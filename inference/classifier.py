@@ -222,12 +222,12 @@ class OnnxClassifier:
         self, paths: Sequence[str | os.PathLike], top_k: int = 5
     ) -> list[Prediction | ImageLoadError]:
         """Predict for image files; a file that cannot be read gives its `ImageLoadError` in its place."""
-        loaded: list[Image.Image | ImageLoadError] = []
-        for path in paths:
-            try:
-                loaded.append(load_image(path))
-            except ImageLoadError as error:
-                loaded.append(error)
+        return self.predict_loaded(load_images(paths), top_k)
+
+    def predict_loaded(
+        self, loaded: Sequence[Image.Image | ImageLoadError], top_k: int = 5
+    ) -> list[Prediction | ImageLoadError]:
+        """Predict the images of `load_images` output in one batch, keeping each error in its place."""
         good = [item for item in loaded if isinstance(item, Image.Image)]
         predictions = iter(self.predict(good, top_k))
         return [next(predictions) if isinstance(item, Image.Image) else item for item in loaded]
@@ -247,6 +247,17 @@ class OnnxClassifier:
         # A stable sort keeps class order among ties, so results are deterministic.
         order = np.argsort(-probabilities, kind="stable")
         return Prediction(top=[scores[i] for i in order[:top_k]], scores=scores)
+
+
+def load_images(paths: Sequence[str | os.PathLike]) -> list[Image.Image | ImageLoadError]:
+    """Every file as an RGB image, or the `ImageLoadError` saying why it cannot be one."""
+    loaded: list[Image.Image | ImageLoadError] = []
+    for path in paths:
+        try:
+            loaded.append(load_image(path))
+        except ImageLoadError as error:
+            loaded.append(error)
+    return loaded
 
 
 def preprocess(images: Sequence[Image.Image], preprocessing: Preprocessing) -> np.ndarray:

@@ -129,9 +129,10 @@ def load_checkpoint(path: str | Path, which: str = "best") -> tuple[dict, dict]:
         raise CheckpointError(f"{stem}.json is unreadable or corrupt: {error}") from error
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{stem}.json is not a LongTail Studio checkpoint (format {FORMAT} expected)")
-    weights = stem.parent / str(info.get("weights", ""))
-    if Path(info.get("weights", "")).name != info.get("weights") or not weights.name:
+    name = info.get("weights")
+    if not isinstance(name, str) or not name or Path(name).name != name:  # a bare file name beside the JSON
         raise CheckpointError(f"{stem}.json names no valid weights file")
+    weights = stem.parent / name
     try:
         tensors = load_file(str(weights))
         with safe_open(str(weights), "pt") as handle:
