@@ -23,14 +23,18 @@ def run_cli(*args, check=True):
     return result
 
 
-@pytest.fixture(scope="module")
-def exported_model(tmp_path_factory, tiny_cifar_npz):
+# Every trained method goes the whole way; extra overrides make its tiny run exercise all of its branches.
+METHOD_RUNS = {"ce": [], "concutmix": ["method_options.label_warmup_epochs=0"]}
+
+
+@pytest.fixture(scope="module", params=sorted(METHOD_RUNS))
+def exported_model(request, tmp_path_factory, tiny_cifar_npz):
     work = tmp_path_factory.mktemp("e2e")
     overrides = [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
                  "data.batch_size=32", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
-                 "optim.lr=0.02", "run.progress=false"]
+                 "optim.lr=0.02", "run.progress=false", *METHOD_RUNS[request.param]]
     sets = [arg for override in overrides for arg in ("--set", override)]
-    train = run_cli("training", "train", "--config", "configs/cifar10_lt/ce.yaml", *sets,
+    train = run_cli("training", "train", "--config", f"configs/cifar10_lt/{request.param}.yaml", *sets,
                     "--output-dir", str(work / "run"))
     assert "val-selected (epoch" in train.stdout and "last epoch (epoch 2)" in train.stdout
 
@@ -38,9 +42,10 @@ def exported_model(tmp_path_factory, tiny_cifar_npz):
     assert "overall" in evaluate.stdout and "head" in evaluate.stdout and "magenta" in evaluate.stdout
 
     zoo = work / "zoo"
-    export = run_cli("training", "export", "--checkpoint", str(work / "run"), "--output", str(zoo / "tiny_ce.onnx"))
+    export = run_cli("training", "export", "--checkpoint", str(work / "run"),
+                     "--output", str(zoo / f"tiny_{request.param}.onnx"))
     assert "real images" in export.stdout
-    return zoo / "tiny_ce.onnx"
+    return zoo / f"tiny_{request.param}.onnx"
 
 
 def test_cli_errors_are_clear(tmp_path):
@@ -63,6 +68,7 @@ def test_classifier_and_predict_cli_on_the_exported_model(exported_model, tmp_pa
     predictions = classifier.classify_files(paths)
     assert [len(p.scores) for p in predictions] == [10] * 10
     assert classifier.card.class_names == CLASS_NAMES and classifier.card.group_rule["rule"] == "rank"
+    assert classifier.card.method == exported_model.stem.removeprefix("tiny_")
     assert {s.group for s in predictions[0].scores} == {"many", "medium", "few"}
 
     result = run_cli("inference", "predict", "--model", str(exported_model), *map(str, paths[:2]))

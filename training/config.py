@@ -147,6 +147,11 @@ def _build(cls, values: dict, where: str = ""):
     return cls(**kwargs)
 
 
+def parse_options(cls, values: dict, where: str):
+    """A method's options dataclass from `method_options`, with the same checks as the main config."""
+    return _build(cls, values, where)
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value, e.g. optim.lr=0.05")

@@ -69,7 +69,7 @@ def to_device(batch, device: torch.device, channels_last: bool):
 
 def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config: OptimConfig, epoch: int,
                     device: torch.device, channels_last: bool = True, progress: bool = True) -> dict:
-    """One pass over `loader`; `method.training_loss(model, batch)` defines what a step optimises."""
+    """One pass over `loader`; `method.training_loss(model, batch, epoch)` defines what a step optimises."""
     model.train()
     total_loss, num_images, num_steps = 0.0, 0, len(loader)
     start = time.perf_counter()
@@ -80,7 +80,7 @@ def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config
             group["lr"] = lr
         batch = to_device(batch, device, channels_last)
         with amp.autocast():
-            loss = method.training_loss(model, batch)
+            loss = method.training_loss(model, batch, epoch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                      "lower optim.lr or check the data")

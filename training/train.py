@@ -28,7 +28,7 @@ from training.config import Config, ConfigError, apply_overrides, config_from_di
 from training.engine import AmpStep, predict, train_one_epoch
 from training.groups import class_groups, rule_description, shot_accuracy
 from training.lt_data import build_datasets
-from training.methods import build_method
+from training.methods import build_method, method_class
 from training.transforms import eval_transform
 
 
@@ -128,6 +128,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = resolve_device(config.run.device)
+    method_class(config)  # a bad method option fails now, not after the data has been read
     seed_epoch(config.run.seed, -1)
 
     bundle = build_datasets(config.data)

@@ -2,13 +2,17 @@
 
 The eval transform of file datasets is exactly the server's preprocessing (inference/classifier.py):
 resize the shorter side to size / crop_pct, centre-crop, scale to [0, 1], normalise.
+
+`kind` is the dataset kind: "array" (CIFAR-style, in memory, at the native size) or "files" (ImageNet-style).
+The strong views used by the contrastive methods follow BCL / ConCutMix / SAU (methods.md §1.5, §3.3).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from inference.metadata import Preprocessing
 
@@ -21,13 +25,44 @@ def _to_normalised_tensor(preprocessing: Preprocessing) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocessing.mean, preprocessing.std)]
 
 
-def train_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
+def _crop(preprocessing: Preprocessing, kind: str, scale=(0.08, 1.0)) -> list:
     size = preprocessing.input_size[1:]
     if kind == "array":  # CIFAR-style: pad-and-crop at the native size
-        crop = [v2.RandomCrop(size, padding=4)]
+        return [v2.RandomCrop(size, padding=4)]
+    return [v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation(preprocessing.interpolation),
+                                 antialias=True)]
+
+
+def train_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
+    return v2.Compose(_crop(preprocessing, kind) + [v2.RandomHorizontalFlip()] + _to_normalised_tensor(preprocessing))
+
+
+def strong_classification_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
+    """The classification view of BCL-style training. CIFAR: crop + flip + AutoAugment (CIFAR-10 policy).
+    ImageNet-style: random-resized crop + flip + colour jitter + RandAugment (n=2, m=10)."""
+    if kind == "array":
+        augment = [v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
     else:
-        crop = [v2.RandomResizedCrop(size, interpolation=_interpolation(preprocessing.interpolation), antialias=True)]
-    return v2.Compose(crop + [v2.RandomHorizontalFlip()] + _to_normalised_tensor(preprocessing))
+        augment = [v2.ColorJitter(0.4, 0.4, 0.4, 0.0), v2.RandAugment(num_ops=2, magnitude=10)]
+    return v2.Compose(_crop(preprocessing, kind) + [v2.RandomHorizontalFlip()] + augment
+                      + _to_normalised_tensor(preprocessing))
+
+
+def contrastive_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
+    """The SimCLR-style view: random-resized crop (scale 0.2-1 on CIFAR), flip, colour jitter p=0.8,
+    grayscale p=0.2, and on CIFAR a Gaussian blur (sigma 0.1-2) with p=0.5."""
+    size = preprocessing.input_size[1:]
+    scale = (0.2, 1.0) if kind == "array" else (0.08, 1.0)
+    steps = [v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation(preprocessing.interpolation),
+                                  antialias=True),
+             v2.RandomHorizontalFlip(),
+             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+             v2.RandomGrayscale(p=0.2)]
+    if kind == "array":
+        # PIL's GaussianBlur(radius=sigma) has no kernel size; 2*ceil(3*sigma_max)+1 covers the same support.
+        kernel = 2 * math.ceil(3 * 2.0) + 1
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    return v2.Compose(steps + _to_normalised_tensor(preprocessing))
 
 
 def eval_transform(preprocessing: Preprocessing) -> v2.Compose:

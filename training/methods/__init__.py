@@ -3,7 +3,7 @@
     method = build_method(config, class_counts)
     model = method.build_model()                       # train-time module (backbone + any heads)
     dataset = method.train_dataset(bundle, preprocessing)
-    loss = method.training_loss(model, batch)          # called under autocast by train_one_epoch
+    loss = method.training_loss(model, batch, epoch)   # called under autocast by train_one_epoch
     method.classifier(model)                           # images → logits, for evaluation and ONNX export
 
 The trainer, checkpoints, evaluation and export are shared. A new method is one module registered here.
@@ -11,13 +11,25 @@ The trainer, checkpoints, evaluation and export are shared. A new method is one 
 
 from __future__ import annotations
 
-from training.config import ConfigError
+import dataclasses
+
+from training.config import ConfigError, parse_options
+from training.methods.concutmix import ConCutMixMethod
 from training.methods.erm import ErmMethod
 
-METHODS = {"erm": ErmMethod}
+METHODS = {"erm": ErmMethod, "concutmix": ConCutMixMethod}
 
 
 def build_method(config, class_counts):
+    return method_class(config)(config, class_counts)
+
+
+def method_class(config):
+    """The method's class, after checking its `method_options` (before any data is read)."""
     if config.method not in METHODS:
         raise ConfigError(f"unknown method '{config.method}'; available: {', '.join(sorted(METHODS))}")
-    return METHODS[config.method](config, class_counts)
+    cls = METHODS[config.method]
+    if config.method_options and not dataclasses.fields(cls.options_class):
+        raise ConfigError(f"method '{config.method}' takes no method_options (got {sorted(config.method_options)})")
+    parse_options(cls.options_class, config.method_options, "method_options.")
+    return cls

@@ -8,23 +8,19 @@ import dataclasses
 from torch import nn
 
 from models import create_model
-from training.config import ConfigError
 from training.losses import build_loss
 from training.transforms import train_transform
 
 
 @dataclasses.dataclass
 class ErmOptions:
-    pass
+    """None: the loss is chosen with loss.name / loss.tau."""
 
 
 class ErmMethod:
     options_class = ErmOptions
 
     def __init__(self, config, class_counts):
-        if config.method_options:
-            raise ConfigError(f"method 'erm' takes no method_options (got {sorted(config.method_options)}); "
-                              "the loss is chosen with loss.name / loss.tau")
         self.config = config
         self.num_classes = len(class_counts)
         self.loss = build_loss(config.loss.name, class_counts, config.loss.tau)
@@ -39,7 +35,7 @@ class ErmMethod:
     def train_dataset(self, bundle, preprocessing):
         return bundle.train.with_transform(train_transform(preprocessing, bundle.kind))
 
-    def training_loss(self, model, batch):
+    def training_loss(self, model, batch, epoch: int):
         images, labels = batch
         return self.loss.to(images.device)(model(images), labels)
 

@@ -1,0 +1,34 @@
+"""Contrastive losses on L2-normalised embeddings, computed in fp32 even under autocast."""
+
+from __future__ import annotations
+
+import torch
+
+
+def balanced_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor,
+                              temperature: float) -> torch.Tensor:
+    """BCL (Zhu et al. 2022), as ConCutMix uses it (methods.md §3.4, step 9).
+
+    `embeddings` (N, D): N = 2B normalised views, the anchors; `centres` (C, D): one normalised centre per
+    class, carrying labels 0..C−1, contrasted against but never anchors. The denominator averages each
+    class's terms: Σ_c 1/(n_c − [c = y_i]) Σ_{j ∈ c, j ≠ i} exp(z_i·z_j / T), n_c counted over views and
+    centres. The numerator runs over every other item of the anchor's class (other views and its centre).
+    """
+    num_anchors, num_classes = len(embeddings), len(centres)
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)  # fp32 at least, also under autocast
+    anchors = embeddings.to(dtype)
+    items = torch.cat([anchors, centres.to(dtype)])
+    item_labels = torch.cat([labels, torch.arange(num_classes, device=labels.device)])
+    class_sizes = torch.bincount(item_labels, minlength=num_classes).float()
+
+    logits = anchors @ items.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    not_self = torch.ones_like(logits, dtype=torch.bool)
+    not_self[torch.arange(num_anchors), torch.arange(num_anchors)] = False
+    positives = (labels[:, None] == item_labels[None, :]) & not_self
+
+    weights = class_sizes[item_labels][None, :] - positives.float()  # n_{y_j} − [y_j = y_i]
+    denominator = (torch.exp(logits) * not_self / weights).sum(dim=1, keepdim=True)
+    log_probability = logits - torch.log(denominator)
+    per_anchor = -(log_probability * positives).sum(dim=1) / positives.sum(dim=1)
+    return per_anchor.mean()
