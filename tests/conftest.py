@@ -73,3 +73,27 @@ def require_shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not present (it exists only on the project's dev machines)")
     return path
+
+
+def train_interrupted_and_resumed(config_path: str, overrides: list[str], work: Path, monkeypatch,
+                                  die_in_epoch: int = 3) -> tuple[Path, Path]:
+    """Trains `config_path` straight through into work/straight, and again into work/resumed with a
+    KeyboardInterrupt during epoch `die_in_epoch` (before its checkpoint, like a kill) followed by --resume."""
+    import training.train as trainer
+    from training.config import load_config
+
+    trainer.train(load_config(config_path, overrides), work / "straight")
+    real_epoch, calls = trainer.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == die_in_epoch:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(load_config(config_path, overrides), work / "resumed")
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    trainer.train(trainer.resume_config(work / "resumed", config_path, overrides), work / "resumed", resume=True)
+    return work / "straight", work / "resumed"

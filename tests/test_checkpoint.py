@@ -10,6 +10,8 @@ from training.checkpoint import (CheckpointError, load_checkpoint, restore_model
                                  save_checkpoint)
 from training.config import ConfigError, load_config
 
+from conftest import train_interrupted_and_resumed
+
 CONFIG = "configs/cifar10_lt/ce.yaml"
 
 
@@ -104,30 +106,13 @@ def test_training_writes_everything_needed(tmp_path, tiny_config_overrides):
 
 
 def test_resume_reaches_the_same_weights(tmp_path, tiny_config_overrides, monkeypatch):
-    overrides = tiny_config_overrides + ["optim.epochs=3"]
-    trainer.train(load_config(CONFIG, overrides), tmp_path / "straight")
-
-    real_epoch, calls = trainer.train_one_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # dies during the third epoch (before its checkpoint, like a mid-epoch kill)
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(load_config(CONFIG, overrides), tmp_path / "resumed")
-    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
-    assert load_checkpoint(tmp_path / "resumed", "last")[1]["epoch"] == 2
-    trainer.train(trainer.resume_config(tmp_path / "resumed", CONFIG, overrides), tmp_path / "resumed", resume=True)
-
-    straight = load_checkpoint(tmp_path / "straight", "last")[0]
-    resumed = load_checkpoint(tmp_path / "resumed", "last")[0]
-    assert straight.keys() == resumed.keys()
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
-    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    straight, resumed = train_interrupted_and_resumed(CONFIG, tiny_config_overrides + ["optim.epochs=3"], tmp_path,
+                                                      monkeypatch)
+    straight_tensors, resumed_tensors = load_checkpoint(straight, "last")[0], load_checkpoint(resumed, "last")[0]
+    assert straight_tensors.keys() == resumed_tensors.keys()
+    for key in straight_tensors:
+        assert torch.equal(straight_tensors[key], resumed_tensors[key]), key
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 

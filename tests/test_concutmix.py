@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_images
+from conftest import make_images, train_interrupted_and_resumed
 from models import create_model
 from training.config import ConfigError, load_config
 from training.contrastive import balanced_contrastive_loss
@@ -208,28 +208,13 @@ def test_cifar_and_imagenet_configs_match_the_released_recipe():
 
 def test_resume_reaches_the_same_weights(tmp_path, tiny_config_overrides, monkeypatch):
     """CutMix draws, foreground choices and the three views all replay after a kill and a resume."""
-    import training.train as trainer
     from training.checkpoint import load_checkpoint
 
-    config_path = "configs/cifar10_lt/concutmix.yaml"
     overrides = tiny_config_overrides + ["optim.epochs=3", "method_options.label_warmup_epochs=1",
                                          "method_options.hidden_dim=32", "method_options.feat_dim=16"]
-    trainer.train(load_config(config_path, overrides), tmp_path / "straight")
-    real_epoch, calls = trainer.train_one_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(load_config(config_path, overrides), tmp_path / "resumed")
-    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
-    trainer.train(trainer.resume_config(tmp_path / "resumed", config_path, overrides), tmp_path / "resumed",
-                  resume=True)
-    straight, resumed = load_checkpoint(tmp_path / "straight", "last")[0], load_checkpoint(tmp_path / "resumed", "last")[0]
+    straight, resumed = train_interrupted_and_resumed("configs/cifar10_lt/concutmix.yaml", overrides, tmp_path,
+                                                      monkeypatch)
+    straight, resumed = load_checkpoint(straight, "last")[0], load_checkpoint(resumed, "last")[0]
     assert straight.keys() == resumed.keys() and any(key.startswith("model.centre_head") for key in straight)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key

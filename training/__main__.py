@@ -4,6 +4,7 @@
     python -m training train --output-dir DIR --resume
     python -m training evaluate --checkpoint DIR [--which best|last] [--split test|val]
     python -m training export --checkpoint DIR --output model.onnx
+    python -m training extract-features --checkpoint DIR --output features.safetensors
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override data settings used for the parity check on real images")
     export.add_argument("--tolerance", type=float, default=1e-4, help="allowed |ONNX - torch| per logit (plus 1e-6 x |logit|)")
+    features = commands.add_parser("extract-features",
+                                   help="frozen backbone features and labels of train / val / test, to one file")
+    features.add_argument("--checkpoint", required=True, help="a run directory or a .safetensors file")
+    features.add_argument("--which", choices=("best", "last"), default="best")
+    features.add_argument("--output", required=True, help="the .safetensors file to write")
+    features.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override data settings, e.g. --set data.root=/data/cifar10.npz")
     return parser
 
 
@@ -71,10 +79,14 @@ def main(argv=None) -> int:
             from training.export import export_checkpoint
 
             export_checkpoint(args.checkpoint, args.output, args.which, args.overrides, args.tolerance)
+        elif args.command == "extract-features":
+            from training.features import extract_features
+
+            extract_features(args.checkpoint, args.which, args.overrides, args.output)
     except KeyboardInterrupt:
         if args.command != "train":
             raise
-        print(f"\ninterrupted; the last completed epoch is saved. Continue with:\n"
+        print(f"\ninterrupted; the last completed epoch (DLSA: stage) is saved. Continue with:\n"
               f"  python -m training train --output-dir {args.output_dir} --resume", file=sys.stderr)
         return 130
     except (ConfigError, CheckpointError, ExportError, ImageLoadError) as error:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from inference.metadata import GROUPS
@@ -98,7 +99,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def resume_config(output_dir: str | Path, config_path: str | None = None, overrides=()) -> Config:
     """The saved config of a run. Re-running the original command with --resume is fine; anything that
     would change the run other than RESUMABLE_OVERRIDES (paths, workers, threads, device) is an error."""
-    saved = config_from_dict(load_checkpoint(output_dir, "last")[1]["config"]).to_dict()
+    saved = config_from_dict(_saved_config_tree(output_dir)).to_dict()
     given = load_config(config_path, overrides) if config_path else config_from_dict(apply_overrides(saved, overrides))
     given_flat, saved_flat = _flatten(given.to_dict()), _flatten(saved)
     differing = sorted(k for k in given_flat if given_flat[k] != saved_flat.get(k) and k not in RESUMABLE_OVERRIDES)
@@ -109,11 +110,25 @@ def resume_config(output_dir: str | Path, config_path: str | None = None, overri
     return config_from_dict(apply_overrides(saved, allowed))
 
 
+def _saved_config_tree(output_dir: str | Path) -> dict:
+    """The config of a run: from `last`, or, for a method with its own `fit` that saves progress in other
+    files (DLSA, stage by stage), from the config.yaml it wrote when it started."""
+    written = Path(output_dir) / "config.yaml"
+    if not (Path(output_dir) / "last.json").exists() and written.is_file():
+        tree = yaml.safe_load(written.read_text())
+        if hasattr(method_class(config_from_dict(tree)), "fit"):
+            return tree
+    return load_checkpoint(output_dir, "last")[1]["config"]
+
+
 def _existing_run(output_dir: Path) -> bool:
     return (output_dir / "last.json").exists()
 
 
 def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
+    fit = getattr(method_class(config), "fit", None)  # a bad method option fails now, before any data is read
+    if fit is not None:  # a method that does not train end to end (DLSA) owns its loop, checkpoints and resume
+        return fit(config, output_dir, resume)
     output_dir = Path(output_dir)
     if _existing_run(output_dir) and not resume:
         raise CheckpointError(f"{output_dir} already holds a run; pass --resume to continue it, "
@@ -128,7 +143,6 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = resolve_device(config.run.device)
-    method_class(config)  # a bad method option fails now, not after the data has been read
     seed_epoch(config.run.seed, -1)
 
     bundle = build_datasets(config.data)

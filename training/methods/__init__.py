@@ -7,6 +7,9 @@
     method.classifier(model)                           # images → logits, for evaluation and ONNX export
 
 The trainer, checkpoints, evaluation and export are shared. A new method is one module registered here.
+A method that does not train end to end (DLSA, on a base run's frozen features) defines a classmethod
+`fit(config, output_dir, resume)` that `training.train.train` calls instead of its epoch loop; its
+`build_model()` and `classifier(model)` still serve evaluation and export.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import dataclasses
 
 from training.config import ConfigError, parse_options
 from training.methods.concutmix import ConCutMixMethod
+from training.methods.dlsa import DlsaMethod
 from training.methods.erm import ErmMethod
 
-METHODS = {"erm": ErmMethod, "concutmix": ConCutMixMethod}
+METHODS = {"erm": ErmMethod, "concutmix": ConCutMixMethod, "dlsa": DlsaMethod}
 
 
 def build_method(config, class_counts):
