@@ -1,4 +1,4 @@
-"""The model shipped in model_zoo/: complete metadata, and real CIFAR-10 test images classified as well as
+"""The models shipped in model_zoo/: complete metadata, and real CIFAR-10 test images classified as well as
 its card says (the card's accuracy was measured in PyTorch on the JPEG-decoded test set; here the ONNX
 classifier with its own PIL preprocessing sees the bit-exact original pixels)."""
 
@@ -53,7 +53,9 @@ def test_examples_are_classified(classifier):
     assert correct >= 6, [(t, p.top[0].name) for p, t in zip(predictions, truth)]
 
 
-def test_accuracy_on_real_test_images_matches_the_card(classifier):
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_accuracy_on_real_test_images_matches_the_card(path):
+    classifier = OnnxClassifier(path)
     exact = np.load(require_shared("cifar10_test_exact_subset.npz"))
     labels = np.load(require_shared("cifar10.npz"))["y_test"][exact["test_idx"]]
     images = [Image.fromarray(array) for array in exact["x_test"]]

@@ -46,6 +46,16 @@ class ConCutMixOptions:
     omega: float = 2 / 255  # ρ scale (the code's scaling_factor[0] / scaling_factor[1])
     foreground_sampler: str = "balance"  # balance | reverse (∝ n_max/n_c) | instance (the long-tailed data)
 
+    def __post_init__(self):  # parse_options builds this, so a bad value fails before any data is read
+        if self.foreground_sampler not in FOREGROUND_SAMPLERS:
+            raise ConfigError(f"method_options.foreground_sampler must be one of {', '.join(FOREGROUND_SAMPLERS)}; "
+                              f"got '{self.foreground_sampler}'")
+        if not 0 <= self.cutmix_prob <= 1 or self.topk < 1 or self.temperature <= 0:
+            raise ConfigError("method_options: cutmix_prob must lie in [0, 1], topk >= 1 and temperature > 0")
+
+
+FOREGROUND_SAMPLERS = ("balance", "reverse", "instance")
+
 
 # ------------------------------------------------------------------------------------------ formulas
 
@@ -117,9 +127,6 @@ class BCLModel(nn.Module):
 # ---------------------------------------------------------------------------------------------- data
 
 
-FOREGROUND_SAMPLERS = ("balance", "reverse", "instance")
-
-
 class BackgroundForegroundDataset(Dataset):
     """Item i: training image i as the background (a shuffled loader samples instances, following the long
     tail) in three views, plus a foreground image drawn by `sampler` in the classification view.
@@ -162,11 +169,6 @@ class ConCutMixMethod:
     def __init__(self, config, class_counts):
         self.config = config
         self.options = parse_options(ConCutMixOptions, config.method_options, "method_options.")
-        if self.options.foreground_sampler not in FOREGROUND_SAMPLERS:
-            raise ConfigError(f"method_options.foreground_sampler must be one of {', '.join(FOREGROUND_SAMPLERS)}; "
-                              f"got '{self.options.foreground_sampler}'")
-        if not 0 <= self.options.cutmix_prob <= 1 or self.options.topk < 1 or self.options.temperature <= 0:
-            raise ConfigError("method_options: cutmix_prob must lie in [0, 1], topk >= 1 and temperature > 0")
         if min(class_counts) < 1:
             raise ConfigError("ConCutMix needs at least one training image in every class "
                               f"(counts {class_counts}): the centres and ρ use log N_c")
