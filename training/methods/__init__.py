@@ -6,7 +6,8 @@
     loss = method.training_loss(model, batch, epoch)   # called under autocast by train_one_epoch
     method.classifier(model)                           # images → logits, for evaluation and ONNX export
 
-The trainer, checkpoints, evaluation and export are shared. A new method is one module registered here.
+The trainer, checkpoints, evaluation and export are shared. A new method is one module registered here,
+whose class derives from `base.Method` (config, typed options, class count, default `classifier`).
 A method that does not train end to end (DLSA, on a base run's frozen features) defines a classmethod
 `fit(config, output_dir, resume)` that `training.train.train` calls instead of its epoch loop; its
 `build_model()` and `classifier(model)` still serve evaluation and export.

@@ -22,9 +22,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from models import create_model
-from training.config import ConfigError, parse_options
+from training.config import ConfigError
 from training.contrastive import balanced_contrastive_loss
 from training.losses import build_loss
+from training.methods.base import Method
 from training.mixing import cutmix_box, paste_box, sample_beta
 from training.transforms import contrastive_transform, strong_classification_transform
 
@@ -162,17 +163,15 @@ class BackgroundForegroundDataset(Dataset):
 # -------------------------------------------------------------------------------------------- method
 
 
-class ConCutMixMethod:
+class ConCutMixMethod(Method):
     options_class = ConCutMixOptions
     name = "concutmix"
 
     def __init__(self, config, class_counts):
-        self.config = config
-        self.options = parse_options(ConCutMixOptions, config.method_options, "method_options.")
+        super().__init__(config, class_counts)
         if min(class_counts) < 1:
             raise ConfigError("ConCutMix needs at least one training image in every class "
                               f"(counts {class_counts}): the centres and ρ use log N_c")
-        self.num_classes = len(class_counts)
         self.class_counts = torch.as_tensor(class_counts, dtype=torch.float64)
         self.loss = build_loss(config.loss.name, class_counts, config.loss.tau)
 

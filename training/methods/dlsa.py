@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from models import create_model
-from training.config import ConfigError, parse_options
+from training.config import ConfigError
 from training.flows import FlowGMM
 from training.losses import BalancedSoftmaxLoss
+from training.methods.base import Method
 
 
 @dataclasses.dataclass
@@ -221,24 +222,16 @@ def init_from_linear(classifier: StageClassifier, linear: nn.Linear | None) -> N
 # ------------------------------------------------------------------------------------------------ method
 
 
-class DlsaMethod:
+class DlsaMethod(Method):
     """Not trained end to end: `fit` replaces the trainer's epoch loop (see training/train.py::train)."""
 
     options_class = DlsaOptions
     name = "dlsa"
 
-    def __init__(self, config, class_counts):
-        self.config = config
-        self.options = parse_options(DlsaOptions, config.method_options, "method_options.")
-        self.num_classes = len(class_counts)
-
     def build_model(self) -> DlsaModel:
         """An untrained DlsaModel of the right shapes (what a checkpoint restores into)."""
         backbone = create_model(self.config.model.name, self.num_classes)
         return DlsaModel(backbone, self.num_classes, self.options, self.config.run.seed)
-
-    def classifier(self, model: nn.Module) -> nn.Module:
-        return model
 
     @classmethod
     def fit(cls, config, output_dir, resume: bool = False) -> dict:

@@ -9,6 +9,7 @@ from torch import nn
 
 from models import create_model
 from training.losses import build_loss
+from training.methods.base import Method
 from training.transforms import train_transform
 
 
@@ -17,12 +18,11 @@ class ErmOptions:
     """None: the loss is chosen with loss.name / loss.tau."""
 
 
-class ErmMethod:
+class ErmMethod(Method):
     options_class = ErmOptions
 
     def __init__(self, config, class_counts):
-        self.config = config
-        self.num_classes = len(class_counts)
+        super().__init__(config, class_counts)
         self.loss = build_loss(config.loss.name, class_counts, config.loss.tau)
 
     @property
@@ -42,6 +42,3 @@ class ErmMethod:
     @staticmethod
     def batch_size(batch) -> int:
         return len(batch[1])
-
-    def classifier(self, model: nn.Module) -> nn.Module:
-        return model
