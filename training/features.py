@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from training.checkpoint import CheckpointError, _atomic_write
+from training.config import ConfigError
 from training.engine import to_device
 from training.lt_data import build_datasets
 from training.transforms import eval_transform
@@ -91,6 +92,13 @@ def feature_metadata(info: dict, which: str) -> dict:
             "class_counts": info["class_counts"]}
 
 
+def check_same_training_set(bundle, info: dict) -> None:
+    """Features only mean something on the data the checkpoint was trained on."""
+    if bundle.train_counts != info["class_counts"]:
+        raise ConfigError(f"the data now gives class counts {bundle.train_counts}, but {info['path']} was "
+                          f"trained on {info['class_counts']}; check data.root / the split files")
+
+
 def extract_features(checkpoint, which: str = "best", overrides=(), output: str | Path | None = None) -> dict:
     """Features and labels of every split of a trained run's data; written to `output` when given.
 
@@ -101,9 +109,7 @@ def extract_features(checkpoint, which: str = "best", overrides=(), output: str 
     config, method, model, info = load_trained(checkpoint, which, overrides)
     device = resolve_device(config.run.device)
     bundle = build_datasets(config.data)
-    if bundle.train_counts != info["class_counts"]:
-        raise CheckpointError(f"the data now gives class counts {bundle.train_counts}, but {info['path']} was "
-                              f"trained on {info['class_counts']}; check data.root / the split files")
+    check_same_training_set(bundle, info)
     tensors = bundle_features(backbone_of(method, model), bundle, config, device)
     metadata = feature_metadata(info, which)
     if output is not None:

@@ -101,13 +101,19 @@ def resume_config(output_dir: str | Path, config_path: str | None = None, overri
     would change the run other than RESUMABLE_OVERRIDES (paths, workers, threads, device) is an error."""
     saved = config_from_dict(_saved_config_tree(output_dir)).to_dict()
     given = load_config(config_path, overrides) if config_path else config_from_dict(apply_overrides(saved, overrides))
+    check_unchanged(given, saved, output_dir)
+    given_flat = _flatten(given.to_dict())
+    allowed = [f"{key}={json.dumps(given_flat[key])}" for key in RESUMABLE_OVERRIDES if key in given_flat]
+    return config_from_dict(apply_overrides(saved, allowed))
+
+
+def check_unchanged(given: Config, saved: dict, output_dir: str | Path) -> None:
+    """A resumed run may change only RESUMABLE_OVERRIDES relative to the config tree it saved."""
     given_flat, saved_flat = _flatten(given.to_dict()), _flatten(saved)
     differing = sorted(k for k in given_flat if given_flat[k] != saved_flat.get(k) and k not in RESUMABLE_OVERRIDES)
     if differing:
         raise ConfigError(f"--resume continues the run saved in {output_dir}, but the given config differs from it in "
                           f"{', '.join(differing)}; only {', '.join(RESUMABLE_OVERRIDES)} may change")
-    allowed = [f"{key}={json.dumps(given_flat[key])}" for key in RESUMABLE_OVERRIDES if key in given_flat]
-    return config_from_dict(apply_overrides(saved, allowed))
 
 
 def _saved_config_tree(output_dir: str | Path) -> dict:
@@ -121,8 +127,13 @@ def _saved_config_tree(output_dir: str | Path) -> dict:
     return load_checkpoint(output_dir, "last")[1]["config"]
 
 
-def _existing_run(output_dir: Path) -> bool:
-    return (output_dir / "last.json").exists()
+def check_output_dir(output_dir: Path, resume: bool, marker: str = "last.json") -> None:
+    """A new run never overwrites one (`marker` is the file a started run leaves); --resume needs one."""
+    if (output_dir / marker).exists() and not resume:
+        raise CheckpointError(f"{output_dir} already holds a run; pass --resume to continue it, "
+                              "or choose another --output-dir (nothing was overwritten)")
+    if resume and not (output_dir / marker).exists():
+        raise CheckpointError(f"--resume: no {marker} in {output_dir}")
 
 
 def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
@@ -130,11 +141,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
     if fit is not None:  # a method that does not train end to end (DLSA) owns its loop, checkpoints and resume
         return fit(config, output_dir, resume)
     output_dir = Path(output_dir)
-    if _existing_run(output_dir) and not resume:
-        raise CheckpointError(f"{output_dir} already holds a run; pass --resume to continue it, "
-                              "or choose another --output-dir (nothing was overwritten)")
-    if resume and not _existing_run(output_dir):
-        raise CheckpointError(f"--resume: no last.json in {output_dir}")
+    check_output_dir(output_dir, resume)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if config.run.threads:

@@ -19,13 +19,15 @@ from torch import nn
 from training.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, restore_model, save_checkpoint
 from training.config import ConfigError, config_from_dict, parse_options, save_config
 from training.evaluate import load_trained
-from training.features import backbone_of, bundle_features, feature_metadata, load_features, save_features
+from training.features import (backbone_of, bundle_features, check_same_training_set, feature_metadata,
+                               load_features, save_features)
 from training.flow_training import FlowFitSettings, fit_flow, score
 from training.groups import shot_accuracy
 from training.lt_data import build_datasets
 from training.methods.dlsa import (DlsaStage, StageClassifier, cluster_priors, init_from_linear, quantile_threshold,
                                    route, stage_seed, train_classifier)
-from training.train import (RESUMABLE_OVERRIDES, _flatten, format_metrics_table, model_card_info, resolve_device)
+from training.train import (check_output_dir, check_unchanged, format_metrics_table, model_card_info,
+                            resolve_device)
 
 SPLITS = ("train", "val", "test")
 VARIANTS = ("selected", "last", "oracle")  # val-selected, last epoch, test-selected classifier states
@@ -49,9 +51,7 @@ def fit_dlsa(method_cls, config, output_dir: Path, resume: bool) -> dict:
         torch.set_num_threads(config.run.threads)
     device = resolve_device(config.run.device)
     bundle = build_datasets(config.data)
-    if bundle.train_counts != base_info["class_counts"]:
-        raise ConfigError(f"the data gives class counts {bundle.train_counts}, but the base run was trained on "
-                          f"{base_info['class_counts']}; DLSA must see the base run's training set")
+    check_same_training_set(bundle, base_info)  # DLSA must see the base run's training set
     if bundle.val is None:
         raise ConfigError("DLSA selects classifier epochs on the validation split; set data.val_per_class > 0")
 
@@ -103,19 +103,11 @@ def fit_pieces(model, features: dict, options, seed: int, output_dir: Path, line
 
 
 def _check_run_directory(output_dir: Path, config, resume: bool) -> None:
-    written = output_dir / "config.yaml"
-    if written.is_file() and not resume:
-        raise CheckpointError(f"{output_dir} already holds a run; pass --resume to continue it, "
-                              "or choose another --output-dir (nothing was overwritten)")
-    if resume and not written.is_file():
-        raise CheckpointError(f"--resume: no DLSA run (config.yaml) in {output_dir}")
+    """DLSA's progress lives in stage checkpoints, so its config.yaml (written first) marks a started run."""
+    check_output_dir(output_dir, resume, marker="config.yaml")
     if resume:
-        saved = _flatten(config_from_dict(yaml.safe_load(written.read_text())).to_dict())
-        given = _flatten(config.to_dict())
-        differing = sorted(k for k in given if given[k] != saved.get(k) and k not in RESUMABLE_OVERRIDES)
-        if differing:
-            raise ConfigError(f"--resume continues the run in {output_dir}, but the config differs from it in "
-                              f"{', '.join(differing)}")
+        saved = config_from_dict(yaml.safe_load((output_dir / "config.yaml").read_text())).to_dict()
+        check_unchanged(config, saved, output_dir)
 
 
 def _features(path: Path, backbone, bundle, config, device, base_info: dict, which: str) -> dict:
