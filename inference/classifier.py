@@ -204,9 +204,9 @@ class OnnxClassifier:
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         return preprocess(images, self.card.preprocessing)
 
-    def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
-        top_k = max(1, min(int(top_k), self.card.num_classes))
-        predictions = []
+    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Softmax over the classes, shape (len(images), num_classes)."""
+        rows = []
         for start in range(0, len(images), BATCH_SIZE):
             batch = self.preprocess(images[start : start + BATCH_SIZE])
             [logits] = self.session.run([self.output_name], {self.input_name: batch})
@@ -215,8 +215,12 @@ class OnnxClassifier:
                     f"{self.path.name} returned logits of shape {logits.shape}; "
                     f"expected ({len(batch)}, {self.card.num_classes})"
                 )
-            predictions.extend(self._prediction(row, top_k) for row in softmax(logits))
-        return predictions
+            rows.append(softmax(logits))
+        return np.concatenate(rows) if rows else np.zeros((0, self.card.num_classes), dtype=np.float32)
+
+    def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
+        top_k = max(1, min(int(top_k), self.card.num_classes))
+        return [self._prediction(row, top_k) for row in self.probabilities(images)]
 
     def classify_files(
         self, paths: Sequence[str | os.PathLike], top_k: int = 5

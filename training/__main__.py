@@ -5,6 +5,9 @@
     python -m training evaluate --checkpoint DIR [--which best|last] [--split test|val]
     python -m training export --checkpoint DIR --output model.onnx
     python -m training extract-features --checkpoint DIR --output features.safetensors
+    python -m training train-generator --config configs/generator/cifar10_lt.yaml --output-dir DIR [--resume]
+    python -m training synthesize --generator DIR_OR_HUB_ID --config configs/cifar10_lt/ce.yaml --output DIR
+    python -m training check-synthetic --synthetic DIR --model model.onnx [--sample-per-class N]
 """
 
 from __future__ import annotations
@@ -48,14 +51,54 @@ def _parser() -> argparse.ArgumentParser:
     features.add_argument("--output", required=True, help="the .safetensors file to write")
     features.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override data settings, e.g. --set data.root=/data/cifar10.npz")
+
+    generator = commands.add_parser("train-generator", help="train the class-conditional diffusion generator")
+    generator.add_argument("--config", help="YAML file, e.g. configs/generator/cifar10_lt.yaml (optional with --resume)")
+    generator.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    generator.add_argument("--output-dir", required=True, help="checkpoints; the finished generator goes to DIR/generator")
+    generator.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+
+    synthesize = commands.add_parser("synthesize", help="top up every class with generated images (resumable)")
+    synthesize.add_argument("--generator", required=True,
+                            help="a trained generator folder (generator.json), a local diffusers pipeline folder, "
+                                 "or a Hub model id of a text-to-image model")
+    synthesize.add_argument("--revision", help="Hub revision (commit, branch or tag) of a text-to-image model")
+    synthesize.add_argument("--config", required=True,
+                            help="the training config whose data are topped up, e.g. configs/cifar10_lt/ce.yaml")
+    synthesize.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override data settings, e.g. --set data.root=/data/cifar10.npz")
+    synthesize.add_argument("--output", required=True, help="the folder of images + manifest (resumes if it exists)")
+    synthesize.add_argument("--per-class", type=int,
+                            help="top every class up to this total (real + synthetic); default: the largest class")
+    synthesize.add_argument("--classes", help="comma-separated class names to generate (default: all)")
+    synthesize.add_argument("--steps", type=int, help="denoising steps (default: the generator's)")
+    synthesize.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the generator's)")
+    synthesize.add_argument("--seed", type=int, default=0)
+    synthesize.add_argument("--batch-size", type=int, default=64)
+    synthesize.add_argument("--prompt-template", default="A photo of a {class}.", help="text-to-image only")
+    synthesize.add_argument("--prompts-file", help="text-to-image only: JSON {class name: [prompts]}")
+    synthesize.add_argument("--generation-size", type=int,
+                            help="text-to-image only: the pipeline's resolution (outputs are resized to the dataset's)")
+    synthesize.add_argument("--filter-model", help="an exported .onnx classifier: keep an image only if it gives "
+                                                   "the image's class at least --filter-threshold")
+    synthesize.add_argument("--filter-threshold", type=float, default=0.5)
+    synthesize.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    check = commands.add_parser("check-synthetic",
+                                help="per-class share of synthetic images an exported classifier recognises")
+    check.add_argument("--synthetic", required=True, help="a folder written by synthesize")
+    check.add_argument("--model", required=True, help="an exported .onnx classifier with the same classes")
+    check.add_argument("--sample-per-class", type=int, help="check only the first N images of every class")
+    check.add_argument("--output", help="also write the report as JSON here")
     return parser
 
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and not args.config and not args.resume:
-        parser.error("train needs --config (or --resume to continue a run)")
+    if args.command in ("train", "train-generator") and not args.config and not args.resume:
+        parser.error(f"{args.command} needs --config (or --resume to continue a run)")
+    from inference.generators import GeneratorError
     from inference.images import ImageLoadError
     from training.checkpoint import CheckpointError
     from training.config import ConfigError
@@ -83,13 +126,34 @@ def main(argv=None) -> int:
             from training.features import extract_features
 
             extract_features(args.checkpoint, args.which, args.overrides, args.output)
+        elif args.command == "train-generator":
+            from training.generator_training import load_generator_config, resume_generator_config, train_generator
+
+            if args.resume:
+                config = resume_generator_config(args.output_dir, args.config, args.overrides)
+            else:
+                config = load_generator_config(args.config, args.overrides)
+            train_generator(config, args.output_dir, resume=args.resume)
+        elif args.command == "synthesize":
+            from training.synthesize import synthesize_from_args
+
+            synthesize_from_args(args)
+        elif args.command == "check-synthetic":
+            from training.synthesize import check_synthetic_from_args
+
+            check_synthetic_from_args(args)
     except KeyboardInterrupt:
-        if args.command != "train":
+        if args.command == "synthesize":
+            print(f"\ninterrupted; every finished batch is kept. Run the same command again to continue "
+                  f"into {args.output}", file=sys.stderr)
+            return 130
+        if args.command not in ("train", "train-generator"):
             raise
-        print(f"\ninterrupted; the last completed epoch (DLSA: stage) is saved. Continue with:\n"
-              f"  python -m training train --output-dir {args.output_dir} --resume", file=sys.stderr)
+        print(f"\ninterrupted; the last completed epoch (DLSA: stage; generator: chunk of steps) is saved. "
+              f"Continue with:\n  python -m training {args.command} --output-dir {args.output_dir} --resume",
+              file=sys.stderr)
         return 130
-    except (ConfigError, CheckpointError, ExportError, ImageLoadError) as error:
+    except (ConfigError, CheckpointError, ExportError, ImageLoadError, GeneratorError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

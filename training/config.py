@@ -177,7 +177,8 @@ def apply_overrides(tree: dict, overrides=()) -> dict:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def read_config_tree(path: str | Path | None = None, overrides=()) -> dict:
+    """A YAML config file (or nothing) as a plain tree, with `key=value` overrides applied; not yet checked."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -187,7 +188,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from error
-    return config_from_dict(apply_overrides(tree, overrides))
+    return apply_overrides(tree, overrides)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    return config_from_dict(read_config_tree(path, overrides))
 
 
 def config_from_dict(tree: dict) -> Config:

@@ -25,7 +25,7 @@ from inference.metadata import GROUPS
 from inference.model_card import evaluation_columns, group_accuracy
 from training.checkpoint import (CheckpointError, atomic_write_text, git_revision, load_checkpoint, restore_model,
                                  restore_optimizer, save_checkpoint)
-from training.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, save_config
+from training.config import Config, ConfigError, apply_overrides, config_from_dict, read_config_tree, save_config
 from training.engine import AmpStep, predict, train_one_epoch
 from training.groups import class_groups, rule_description, shot_accuracy
 from training.lt_data import build_datasets
@@ -96,15 +96,19 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def resume_config(output_dir: str | Path, config_path: str | None = None, overrides=()) -> Config:
+def resume_config(output_dir: str | Path, config_path: str | None = None, overrides=(), build=config_from_dict,
+                  saved_tree: dict | None = None):
     """The saved config of a run. Re-running the original command with --resume is fine; anything that
-    would change the run other than RESUMABLE_OVERRIDES (paths, workers, threads, device) is an error."""
-    saved = config_from_dict(_saved_config_tree(output_dir)).to_dict()
-    given = load_config(config_path, overrides) if config_path else config_from_dict(apply_overrides(saved, overrides))
+    would change the run other than RESUMABLE_OVERRIDES (paths, workers, threads, device) is an error.
+
+    `build` turns a tree into a checked config (the generator trainer passes its own); `saved_tree`
+    defaults to the config saved by a classifier run."""
+    saved = build(saved_tree if saved_tree is not None else _saved_config_tree(output_dir)).to_dict()
+    given = build(read_config_tree(config_path, overrides) if config_path else apply_overrides(saved, overrides))
     check_unchanged(given, saved, output_dir)
     given_flat = _flatten(given.to_dict())
     allowed = [f"{key}={json.dumps(given_flat[key])}" for key in RESUMABLE_OVERRIDES if key in given_flat]
-    return config_from_dict(apply_overrides(saved, allowed))
+    return build(apply_overrides(saved, allowed))
 
 
 def check_unchanged(given: Config, saved: dict, output_dir: str | Path) -> None:
@@ -185,6 +189,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
 
     for epoch in range(start_epoch, config.optim.epochs):
         epoch_seed = seed_epoch(config.run.seed, epoch)
+        method.start_epoch(model, epoch, device)  # after the reseed, so a resumed run replays it exactly
         loader = make_loader(train_set, config.data.batch_size, config.data.num_workers, shuffle=True,
                              seed=epoch_seed, drop_last=True)
         record = {"epoch": epoch + 1, "train": train_one_epoch(model, method, loader, optimizer, amp, config.optim,

@@ -1,0 +1,253 @@
+"""Tail-sample generators behind one interface, for `python -m training synthesize` and the app.
+
+    generator = open_generator("model_zoo/cifar10_lt_generator")        # our class-conditional DDIM model
+    generator = open_generator("some-user/sd-model", revision="abc123",  # any diffusers text-to-image model
+                               class_names=names, image_size=32)
+    images = generator.generate(class_index=7, count=4, seed=0, steps=20, progress=callback)
+
+Every image gets its own seed (`image_seeds`), drawn into its own starting noise, so an image depends only
+on (seed, class, index): a resumed or re-batched synthesis reproduces the same pictures.
+
+The class-conditional model is a diffusers folder (`unet/` + `scheduler/`) plus `generator.json` with the
+class names, image size and default sampling settings. It is trained by `python -m training
+train-generator`, works offline, and samples with classifier-free guidance when it was trained with class
+dropout (the extra "no class" embedding is the last index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import torchvision_compat  # noqa: F401  (before diffusers, which imports torchvision)
+
+GENERATOR_FORMAT = "longtail_studio.generator/1"
+DEFAULT_PROMPT_TEMPLATE = "A photo of a {class}."
+Progress = Callable[[int, int], None]  # (finished denoising steps, total steps)
+
+
+class GeneratorError(ValueError):
+    """A generator that cannot be opened or asked for something it cannot do; the message says why."""
+
+
+def image_seeds(seed: int, class_index: int, first: int, count: int) -> list[int]:
+    """One seed per image from (seed, class, index within the class), independent of batching."""
+    return [((seed * 1_000_003 + class_index) * 1_000_003 + first + k) % 2**62 for k in range(count)]
+
+
+def _noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) in [-1, 1] → RGB images."""
+    array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+@dataclass
+class ClassConditionalGenerator:
+    """Our UNet2DModel with class embeddings, sampled with DDIM (deterministic, eta = 0)."""
+
+    unet: torch.nn.Module
+    scheduler: object
+    info: dict
+    source: str
+    bf16: bool = True  # autocast the UNet to bfloat16
+    kind: str = "class_conditional"
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> ClassConditionalGenerator:
+        from diffusers import DDIMScheduler, UNet2DModel
+
+        directory = Path(directory)
+        try:
+            info = json.loads((directory / "generator.json").read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise GeneratorError(f"{directory}/generator.json is missing or unreadable: {error}") from error
+        if info.get("format") != GENERATOR_FORMAT:
+            raise GeneratorError(f"{directory}/generator.json is not a LongTail Studio generator "
+                                 f"(format {GENERATOR_FORMAT} expected)")
+        try:
+            unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True, local_files_only=True)
+            scheduler = DDIMScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise GeneratorError(f"{directory} holds no loadable UNet / scheduler: {error}") from error
+        return cls(unet.to(device).eval(), scheduler, info, str(directory))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.info["class_names"]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info["image_size"])
+
+    @property
+    def default_steps(self) -> int:
+        return int(self.info.get("default_steps", 20))
+
+    @property
+    def default_guidance(self) -> float:
+        return float(self.info.get("default_guidance", 1.0))
+
+    @property
+    def supports_guidance(self) -> bool:
+        return self.info.get("null_class_index") is not None
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "source": self.source, "model_id": self.info.get("name", Path(self.source).name),
+                "trained": self.info.get("training", {}), "sampler": "DDIM (eta 0)"}
+
+    def prompt(self, class_index: int, index: int) -> str | None:
+        return None
+
+    @torch.no_grad()
+    def generate(self, class_index: int, count: int, seed: int = 0, steps: int | None = None,
+                 guidance: float | None = None, first_index: int = 0, progress: Progress | None = None,
+                 ) -> list[Image.Image]:
+        steps = steps or self.default_steps
+        guidance = self.default_guidance if guidance is None else guidance
+        if not 0 <= class_index < len(self.class_names):
+            raise GeneratorError(f"class index {class_index} is out of range (0-{len(self.class_names) - 1})")
+        if guidance != 1.0 and not self.supports_guidance:
+            raise GeneratorError("this generator was trained without class dropout, so guidance must be 1")
+        device = next(self.unet.parameters()).device
+        size = self.image_size
+        sample = _noise(image_seeds(seed, class_index, first_index, count), (3, size, size)).to(device)
+        labels = torch.full((count,), class_index, device=device)
+        guided = guidance != 1.0
+        if guided:
+            labels = torch.cat([labels, torch.full((count,), self.info["null_class_index"], device=device)])
+        scheduler = self.scheduler
+        scheduler.set_timesteps(steps)
+        for done, timestep in enumerate(scheduler.timesteps, 1):
+            model_input = torch.cat([sample, sample]) if guided else sample
+            # bf16 halves the UNet's time on CPU; the DDIM update itself stays in fp32.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                noise = self.unet(model_input, timestep, class_labels=labels).sample.float()
+            if guided:
+                conditional, unconditional = noise.chunk(2)
+                noise = unconditional + guidance * (conditional - unconditional)
+            sample = scheduler.step(noise, timestep, sample, eta=0.0).prev_sample
+            if progress is not None:
+                progress(done, steps)
+        return to_pil(sample)
+
+
+@dataclass
+class TextToImageGenerator:
+    """Any diffusers text-to-image pipeline (Stable Diffusion and the like), from the Hub or a local folder.
+
+    Prompts: `prompt_template` with {class} replaced, or per-class lists from a JSON prompts file
+    ({"class name": ["prompt", ...]}), used in turn. Outputs are resized to the dataset's image size."""
+
+    pipeline: object
+    class_names: list[str]
+    image_size: int
+    source: str
+    revision: str | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompts: dict | None = None
+    generation_size: int | None = None  # the pipeline's own resolution; None: its default
+    default_steps: int = 30
+    default_guidance: float = 7.5
+    kind: str = "text_to_image"
+    supports_guidance: bool = True
+
+    @classmethod
+    def load(cls, model: str, class_names: list[str], image_size: int, revision: str | None = None,
+             prompt_template: str = DEFAULT_PROMPT_TEMPLATE, prompts_file: str | None = None,
+             generation_size: int | None = None, device: str = "cpu") -> TextToImageGenerator:
+        from diffusers import DiffusionPipeline
+
+        if "{class}" not in prompt_template:
+            raise GeneratorError(f"the prompt template must contain {{class}}: {prompt_template!r}")
+        prompts = _read_prompts(prompts_file, class_names) if prompts_file else None
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        try:
+            pipeline = DiffusionPipeline.from_pretrained(model, revision=revision, local_files_only=offline,
+                                                         safety_checker=None, requires_safety_checker=False)
+        except Exception as error:  # diffusers raises OSError, ValueError, HTTP errors…: all mean "not available"
+            where = "in the local Hugging Face cache (offline mode)" if offline else "locally or on the Hub"
+            raise GeneratorError(f"could not load the text-to-image model '{model}'"
+                                 f"{'@' + revision if revision else ''} {where}: {str(error).splitlines()[0]}"
+                                 ) from error
+        if hasattr(pipeline, "set_progress_bar_config"):
+            pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline.to(device), list(class_names), image_size, model, revision, prompt_template, prompts,
+                   generation_size)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "source": self.source, "model_id": self.source, "revision": self.revision,
+                "prompt_template": self.prompt_template if self.prompts is None else None,
+                "prompts_file": self.prompts is not None, "pipeline": type(self.pipeline).__name__}
+
+    def prompt(self, class_index: int, index: int) -> str:
+        name = self.class_names[class_index]
+        if self.prompts is not None:
+            options = self.prompts[name]
+            return options[index % len(options)]
+        return self.prompt_template.replace("{class}", name)
+
+    @torch.no_grad()
+    def generate(self, class_index: int, count: int, seed: int = 0, steps: int | None = None,
+                 guidance: float | None = None, first_index: int = 0, progress: Progress | None = None,
+                 ) -> list[Image.Image]:
+        steps = steps or self.default_steps
+        guidance = self.default_guidance if guidance is None else guidance
+        seeds = image_seeds(seed, class_index, first_index, count)
+        prompts = [self.prompt(class_index, first_index + k) for k in range(count)]
+
+        def on_step_end(pipeline, step, timestep, tensors):
+            if progress is not None:
+                progress(step + 1, steps)
+            return tensors
+
+        size = {"height": self.generation_size, "width": self.generation_size} if self.generation_size else {}
+        output = self.pipeline(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance,
+                               generator=[torch.Generator().manual_seed(s) for s in seeds],
+                               callback_on_step_end=on_step_end, **size)
+        return [image.convert("RGB").resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
+                for image in output.images]
+
+
+def _read_prompts(path: str, class_names: list[str]) -> dict:
+    try:
+        prompts = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise GeneratorError(f"prompts file {path} is unreadable: {error}") from error
+    if not isinstance(prompts, dict) or not all(isinstance(v, list) and v and all(isinstance(p, str) for p in v)
+                                                for v in prompts.values()):
+        raise GeneratorError(f"{path} must map each class name to a non-empty list of prompts")
+    missing = [name for name in class_names if name not in prompts]
+    if missing:
+        raise GeneratorError(f"{path} has no prompts for the classes {missing}")
+    return prompts
+
+
+def open_generator(source: str | Path, class_names: list[str] | None = None, image_size: int | None = None,
+                   revision: str | None = None, device: str = "cpu", **text_to_image_options):
+    """A folder with generator.json → our class-conditional model; anything else → a text-to-image model
+    (a local diffusers folder or a Hub model id), which needs the class names and the output image size."""
+    path = Path(source)
+    if (path / "generator.json").is_file():
+        generator = ClassConditionalGenerator.load(path, device)
+        if class_names is not None and list(class_names) != generator.class_names:
+            raise GeneratorError(f"{path} was trained on the classes {generator.class_names}, "
+                                 f"not {list(class_names)}")
+        return generator
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        raise GeneratorError(f"{path} is neither a class-conditional generator (generator.json) nor a "
+                             "diffusers pipeline folder (model_index.json)")
+    if class_names is None or image_size is None:
+        raise GeneratorError("a text-to-image generator needs the class names and the image size of the dataset")
+    return TextToImageGenerator.load(str(source), list(class_names), image_size, revision, device=device,
+                                     **text_to_image_options)

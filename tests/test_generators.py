@@ -1,0 +1,308 @@
+"""Generators and synthesis, offline: the class-conditional path on a tiny UNet trained for a few steps
+through the CLI, the text-to-image path on a tiny randomly initialised Stable Diffusion pipeline built from
+configs (with a CLIP tokenizer built here), `synthesize` with its top-up counts, resume and filter."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASS_NAMES, REPO_ROOT
+from PIL import Image
+
+from inference.generators import GeneratorError, image_seeds, open_generator
+from training.synthesize import top_up_counts
+from training.synthetic_set import read_synthetic_set
+
+TINY_GENERATOR = ["image_size=16", "unet.block_out_channels=[16, 32]", "unet.attention=[false, true]",
+                  "unet.norm_num_groups=8", "train.steps=4", "train.batch_size=8", "train.warmup_steps=1",
+                  "train.checkpoint_every=2", "train.default_steps=3", "run.progress=false", "data.num_workers=0",
+                  "data.imbalance_factor=10", "data.val_per_class=5"]
+
+
+def run_cli(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def overrides(*pairs):
+    return [item for pair in pairs for item in ("--set", pair)]
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory, tiny_cifar_npz):
+    """A class-conditional generator trained for 4 steps on the tiny data: (run dir, generator dir)."""
+    run = tmp_path_factory.mktemp("generator") / "run"
+    run_cli("train-generator", "--config", "configs/generator/cifar10_lt.yaml", "--output-dir", str(run),
+            *overrides(f"data.root={tiny_cifar_npz}", *TINY_GENERATOR))
+    return run, run / "generator"
+
+
+def test_train_generator_writes_a_loadable_generator(tiny_generator):
+    run, folder = tiny_generator
+    info = json.loads((folder / "generator.json").read_text())
+    assert info["class_names"] == CLASS_NAMES and info["image_size"] == 16
+    assert info["null_class_index"] == 10 and info["training"]["steps"] == 4
+    assert info["class_counts"][0] > info["class_counts"][-1]  # trained on the long-tailed split
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [2, 4]
+    assert list((folder / "unet").glob("*.safetensors")), "weights must be safetensors"
+
+    generator = open_generator(folder)
+    calls = []
+    images = generator.generate(3, 2, seed=5, progress=lambda done, total: calls.append((done, total)))
+    assert [image.size for image in images] == [(16, 16)] * 2 and images[0].mode == "RGB"
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    guided = generator.generate(3, 1, seed=5, guidance=3.0)
+    assert np.asarray(guided[0]).shape == (16, 16, 3)
+
+
+def test_each_image_depends_only_on_seed_class_and_index(tiny_generator):
+    generator = open_generator(tiny_generator[1])
+    generator.bf16 = False  # bf16 kernels may round differently at another batch size
+    batch = [np.asarray(image) for image in generator.generate(2, 3, seed=1)]
+    alone = np.asarray(generator.generate(2, 1, seed=1, first_index=2)[0])
+    assert np.abs(batch[2].astype(int) - alone.astype(int)).max() <= 1
+    assert not np.array_equal(batch[0], batch[1])
+    assert len(set(image_seeds(0, 1, 0, 100)) | set(image_seeds(0, 2, 0, 100))) == 200
+
+
+def test_generator_resume_gives_identical_weights(tmp_path, tiny_cifar_npz, monkeypatch):
+    from safetensors.torch import load_file
+
+    import training.generator_training as trainer
+
+    settings = [f"data.root={tiny_cifar_npz}", *TINY_GENERATOR]
+    trainer.train_generator(trainer.load_generator_config("configs/generator/cifar10_lt.yaml", settings),
+                            tmp_path / "straight")
+    real_save, saves = trainer.save_checkpoint, []
+
+    def killed_after_first_chunk(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # during the second chunk's save: the first chunk is on disk
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_generator(trainer.load_generator_config("configs/generator/cifar10_lt.yaml", settings),
+                                tmp_path / "resumed")
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    config = trainer.resume_generator_config(tmp_path / "resumed", "configs/generator/cifar10_lt.yaml", settings)
+    trainer.train_generator(config, tmp_path / "resumed", resume=True)
+    straight = load_file(next((tmp_path / "straight" / "generator" / "unet").glob("*.safetensors")))
+    resumed = load_file(next((tmp_path / "resumed" / "generator" / "unet").glob("*.safetensors")))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(straight[name], resumed[name], rtol=0, atol=0)
+
+
+def test_generator_config_errors_are_clear(tmp_path):
+    result = run_cli("train-generator", "--config", "configs/generator/cifar10_lt.yaml", "--output-dir",
+                     str(tmp_path / "x"), *overrides("unet.attention=[true]"), check=False)
+    assert result.returncode == 2 and "one true/false per entry" in result.stderr
+    result = run_cli("train-generator", "--config", "configs/generator/cifar10_lt.yaml", "--output-dir",
+                     str(tmp_path / "x"), *overrides("train.sampler=uniform"), check=False)
+    assert result.returncode == 2 and "train.sampler must be one of" in result.stderr
+
+
+def test_top_up_counts():
+    assert top_up_counts([500, 120, 5]) == [0, 380, 495]
+    assert top_up_counts([500, 120, 5], per_class=200) == [0, 80, 195]
+
+
+def test_synthesize_tops_up_resumes_and_records(tiny_generator, tiny_cifar_npz, tmp_path):
+    data = [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
+            "data.num_workers=0", "model.name=resnet32"]
+    command = ["synthesize", "--generator", str(tiny_generator[1]), "--config", "configs/cifar10_lt/ce.yaml",
+               *overrides(*data), "--per-class", "20", "--classes", "white,black,purple", "--steps", "2",
+               "--batch-size", "4"]
+    # The tiny generator makes 16-px images but ResNet-32 takes 32 px: refused before anything is written.
+    result = run_cli(*command, "--output", str(tmp_path / "wrong"), check=False)
+    assert result.returncode == 2 and "16px" in result.stderr and not (tmp_path / "wrong").exists()
+
+    import training.synthesize as synthesis
+    from training.config import load_config
+    from training.lt_data import build_datasets
+
+    bundle = build_datasets(load_config("configs/cifar10_lt/ce.yaml", data).data)
+    generator = open_generator(tiny_generator[1])
+    wanted = [0] * 6 + top_up_counts(bundle.train_counts, 20)[6:8] + [0, 3]
+    straight = synthesis.synthesize(generator, CLASS_NAMES, wanted, tmp_path / "straight", steps=2, batch_size=4,
+                                    progress=False)
+    assert straight["counts"] == wanted
+
+    real_generate, calls = generator.generate, []
+
+    def dies_on_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    generator.generate = dies_on_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        synthesis.synthesize(generator, CLASS_NAMES, wanted, tmp_path / "resumed", steps=2, batch_size=4,
+                             progress=False)
+    generator.generate = real_generate
+    assert sum(read_synthetic_set(tmp_path / "resumed").counts()) == 8
+    synthesis.synthesize(generator, CLASS_NAMES, wanted, tmp_path / "resumed", steps=2, batch_size=4, progress=False)
+    once, twice = read_synthetic_set(tmp_path / "straight"), read_synthetic_set(tmp_path / "resumed", CLASS_NAMES)
+    assert [r["file"] for r in once.records] == [r["file"] for r in twice.records]
+    for a, b in zip(once.paths, twice.paths):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert twice.manifest["generator"]["kind"] == "class_conditional" and twice.manifest["steps"] == 2
+
+    with pytest.raises(Exception, match="different settings"):
+        synthesis.synthesize(generator, CLASS_NAMES, wanted, tmp_path / "resumed", steps=3, progress=False)
+    paths, labels = twice.first_per_class([0] * 9 + [2])
+    assert labels.tolist() == [9, 9] and all(p.is_file() for p in paths)
+    with pytest.raises(Exception, match="too few synthetic images"):
+        twice.first_per_class([0] * 9 + [4])
+
+
+class KeepEveryOther:
+    """A stand-in for the ONNX confidence filter: passes the 1st, 3rd, … image of every batch."""
+
+    def __init__(self):
+        self.threshold = 0.5
+        self.description = {"model": "every other image", "threshold": 0.5}
+
+    def scores(self, images, class_index):
+        return [0.9 if k % 2 == 0 else 0.1 for k in range(len(images))]
+
+
+def test_synthesize_filter_keeps_only_passing_images_and_records_scores(tiny_generator, tmp_path):
+    import training.synthesize as synthesis
+
+    generator = open_generator(tiny_generator[1])
+    summary = synthesis.synthesize(generator, CLASS_NAMES, [3] + [0] * 9, tmp_path / "kept", steps=2, batch_size=4,
+                                   image_filter=KeepEveryOther(), progress=False)
+    kept = read_synthetic_set(tmp_path / "kept")
+    assert kept.manifest["filter"] == KeepEveryOther().description
+    assert [r["index"] for r in kept.records] == [0, 2, 4] and summary["counts"][0] == 3
+    assert all(record["score"] == 0.9 for record in kept.records)
+
+    strict = KeepEveryOther()
+    strict.threshold = 1.01
+    with pytest.raises(GeneratorError, match="passed the filter"):
+        synthesis.synthesize(generator, CLASS_NAMES, [1] + [0] * 9, tmp_path / "none", steps=1, batch_size=8,
+                             image_filter=strict, progress=False)
+
+
+def test_confidence_filter_uses_an_exported_classifier(tmp_path):
+    from training.synthesize import ConfidenceFilter
+
+    model = REPO_ROOT / "model_zoo" / "cifar10_lt_ce_resnet32.onnx"
+    names = json.loads(json.dumps(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                   "ship", "truck"]))
+    keep = ConfidenceFilter(str(model), 0.5, names)
+    red = Image.new("RGB", (32, 32), (200, 30, 30))
+    scores = keep.scores([red, red], 3)
+    assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
+    assert keep.description["threshold"] == 0.5 and len(keep.description["sha256"]) == 64
+    with pytest.raises(Exception, match="not this dataset's classes"):
+        ConfidenceFilter(str(model), 0.5, CLASS_NAMES)
+
+
+# ------------------------------------------------------------------------------------- text-to-image
+
+
+def tiny_clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    words = ["a</w>", "photo</w>", "of</w>", "red</w>", "green</w>", "blue</w>", ".</w>"]
+    letters = sorted({c for w in words for c in w.replace("</w>", "")})
+    vocab = {token: i for i, token in enumerate(["<|startoftext|>", "<|endoftext|>", *letters,
+                                                  *[c + "</w>" for c in letters], *words])}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def save_tiny_text_to_image_pipeline(folder):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
+                                                num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32, sample_size=32)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                              clip_sample=False, set_alpha_to_one=False)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    return save_tiny_text_to_image_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+def test_text_to_image_generator_offline(tiny_pipeline, tmp_path):
+    names = ["red", "green", "blue"]
+    generator = open_generator(tiny_pipeline, class_names=names, image_size=24)
+    assert generator.prompt(1, 0) == "A photo of a green."
+    calls = []
+    images = generator.generate(0, 2, seed=3, steps=2, guidance=2.0,
+                                progress=lambda done, total: calls.append((done, total)))
+    assert [image.size for image in images] == [(24, 24)] * 2 and calls == [(1, 2), (2, 2)]
+    again = generator.generate(0, 1, seed=3, steps=2, guidance=2.0)
+    assert np.array_equal(np.asarray(images[0]), np.asarray(again[0]))
+
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"red": ["a red photo."], "green": ["a photo of green."], "blue": ["blue."]}))
+    custom = open_generator(tiny_pipeline, class_names=names, image_size=24, prompts_file=str(prompts))
+    assert custom.prompt(2, 5) == "blue."
+    prompts.write_text(json.dumps({"red": ["a red photo."]}))
+    with pytest.raises(GeneratorError, match="no prompts for the classes"):
+        open_generator(tiny_pipeline, class_names=names, image_size=24, prompts_file=str(prompts))
+    with pytest.raises(GeneratorError, match=r"\{class\}"):
+        open_generator(tiny_pipeline, class_names=names, image_size=24, prompt_template="A photo.")
+
+
+def test_text_to_image_synthesize_cli(tiny_pipeline, tiny_cifar_npz, tmp_path):
+    output = tmp_path / "synthetic"
+    run_cli("synthesize", "--generator", str(tiny_pipeline), "--config", "configs/cifar10_lt/ce.yaml",
+            *overrides(f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
+                       "data.num_workers=0"),
+            "--output", str(output), "--per-class", "45", "--classes", "purple", "--steps", "2", "--guidance", "1.5")
+    synthetic = read_synthetic_set(output, CLASS_NAMES)
+    assert synthetic.counts()[9] == 45 - 5  # purple has 55 × 1/10 → 5 real images
+    assert synthetic.records[0]["prompt"] == "A photo of a purple."
+    assert Image.open(synthetic.paths[0]).size == (32, 32)
+    assert synthetic.manifest["generator"]["kind"] == "text_to_image"
+    assert synthetic.manifest["guidance"] == 1.5
+
+
+def test_missing_hub_model_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(GeneratorError, match="offline"):
+        open_generator("no-such-user/no-such-model", class_names=["a"], image_size=32)
+    with pytest.raises(GeneratorError, match="neither a class-conditional generator"):
+        open_generator(tmp_path, class_names=["a"], image_size=32)
+
+
+def test_shared_clip_tokenizer_loads_if_present():
+    from conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "clip_tokenizer"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/clip_tokenizer is absent (fresh clone)")
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    assert len(tokenizer) == 49408  # a 2-token tokenizer would mean a silently broken offline load
+    assert tokenizer("A photo of a cat.").input_ids[0] == 49406
