@@ -16,6 +16,10 @@ class Method:
         self.options = parse_options(self.options_class, config.method_options, "method_options.")
         self.num_classes = len(class_counts)
 
+    def start_epoch(self, model: nn.Module, epoch: int, device) -> None:
+        """Work a method needs before each epoch, after the trainer reseeds the RNGs and before the epoch's
+        loader starts (SAU: class prototypes and the MixUp partners). Nothing by default."""
+
     def classifier(self, model: nn.Module) -> nn.Module:
         """images → logits, for evaluation and ONNX export."""
         return model
