@@ -1,4 +1,5 @@
-"""CutMix (Yun et al. 2019) as the long-tail methods use it; ConCutMix and SAU differ only in λ.
+"""CutMix (Yun et al. 2019) as the long-tail methods use it (ConCutMix and SAU differ only in λ), and MixUp
+(Zhang et al. 2018) as SAU uses it.
 
 All randomness comes from torch's global generator, which the trainer reseeds every epoch, so a resumed
 run mixes exactly as an uninterrupted one.
@@ -37,3 +38,10 @@ def paste_box(background: torch.Tensor, foreground: torch.Tensor, box) -> tuple[
     mixed[:, :, top:bottom, left:right] = foreground[:, :, top:bottom, left:right]
     height, width = background.shape[-2:]
     return mixed, 1.0 - (bottom - top) * (right - left) / (height * width)
+
+
+def mixup(images: torch.Tensor, partners: torch.Tensor, targets: torch.Tensor, partner_targets: torch.Tensor,
+          beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """m·x¹ + (1−m)·x² and m·y¹ + (1−m)·y², one m ~ Beta(a, a) for the whole batch."""
+    m = sample_beta(beta)
+    return m * images + (1.0 - m) * partners, m * targets + (1.0 - m) * partner_targets

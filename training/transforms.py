@@ -21,8 +21,27 @@ def _interpolation(name: str) -> InterpolationMode:
     return InterpolationMode(name.lower())
 
 
-def _to_normalised_tensor(preprocessing: Preprocessing) -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocessing.mean, preprocessing.std)]
+class Cutout:
+    """Zero one `size` x `size` square whose centre is uniform over the image, clipped at the borders (DeVries &
+    Taylor 2017). Applied to the [0, 1] tensor before normalising, as in the released SAU / GLMC code."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        centre_y, centre_x = int(torch.randint(height, ()).item()), int(torch.randint(width, ()).item())
+        half = self.size // 2
+        image = image.clone()
+        image[..., max(centre_y - half, 0):min(centre_y + half, height),
+              max(centre_x - half, 0):min(centre_x + half, width)] = 0
+        return image
+
+
+def _to_normalised_tensor(preprocessing: Preprocessing, cutout: int = 0) -> list:
+    erase = [Cutout(cutout)] if cutout else []
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *erase,
+            v2.Normalize(preprocessing.mean, preprocessing.std)]
 
 
 def _crop(preprocessing: Preprocessing, kind: str, scale=(0.08, 1.0)) -> list:
@@ -37,15 +56,16 @@ def train_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
     return v2.Compose(_crop(preprocessing, kind) + [v2.RandomHorizontalFlip()] + _to_normalised_tensor(preprocessing))
 
 
-def strong_classification_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
+def strong_classification_transform(preprocessing: Preprocessing, kind: str, cutout: int = 0) -> v2.Compose:
     """The classification view of BCL-style training. CIFAR: crop + flip + AutoAugment (CIFAR-10 policy).
-    ImageNet-style: random-resized crop + flip + colour jitter + RandAugment (n=2, m=10)."""
+    ImageNet-style: random-resized crop + flip + colour jitter + RandAugment (n=2, m=10).
+    `cutout` > 0 adds one Cutout square of that side (SAU's second CIFAR view: 16 pixels)."""
     if kind == "array":
         augment = [v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
     else:
         augment = [v2.ColorJitter(0.4, 0.4, 0.4, 0.0), v2.RandAugment(num_ops=2, magnitude=10)]
     return v2.Compose(_crop(preprocessing, kind) + [v2.RandomHorizontalFlip()] + augment
-                      + _to_normalised_tensor(preprocessing))
+                      + _to_normalised_tensor(preprocessing, cutout))
 
 
 def contrastive_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
@@ -63,6 +83,17 @@ def contrastive_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose
         kernel = 2 * math.ceil(3 * 2.0) + 1
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
     return v2.Compose(steps + _to_normalised_tensor(preprocessing))
+
+
+class MultipleViews:
+    """One image → a tuple of views, one per transform (a class, not a lambda, so DataLoader workers can
+    pickle it)."""
+
+    def __init__(self, *transforms):
+        self.transforms = transforms
+
+    def __call__(self, image) -> tuple:
+        return tuple(transform(image) for transform in self.transforms)
 
 
 def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
