@@ -3,14 +3,15 @@
     method = build_method(config, class_counts)
     model = method.build_model()                       # train-time module (backbone + any heads)
     dataset = method.train_dataset(bundle, preprocessing)
+    method.start_epoch(model, epoch, device)           # per-epoch work before training (SAU: prototypes); default none
     loss = method.training_loss(model, batch, epoch)   # called under autocast by train_one_epoch
     method.classifier(model)                           # images → logits, for evaluation and ONNX export
 
 The trainer, checkpoints, evaluation and export are shared. A new method is one module registered here,
-whose class derives from `base.Method` (config, typed options, class count, default `classifier`).
-A method that does not train end to end (DLSA, on a base run's frozen features) defines a classmethod
-`fit(config, output_dir, resume)` that `training.train.train` calls instead of its epoch loop; its
-`build_model()` and `classifier(model)` still serve evaluation and export.
+whose class derives from `base.Method` (config, typed options, class count, default `start_epoch` and
+`classifier`). A method that does not train end to end (DLSA, on a base run's frozen features) defines a
+classmethod `fit(config, output_dir, resume)` that `training.train.train` calls instead of its epoch loop;
+its `build_model()` and `classifier(model)` still serve evaluation and export.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from training.config import ConfigError, parse_options
 from training.methods.concutmix import ConCutMixMethod
 from training.methods.dlsa import DlsaMethod
 from training.methods.erm import ErmMethod
+from training.methods.sau import SauMethod
 
-METHODS = {"erm": ErmMethod, "concutmix": ConCutMixMethod, "dlsa": DlsaMethod}
+METHODS = {"erm": ErmMethod, "concutmix": ConCutMixMethod, "dlsa": DlsaMethod, "sau": SauMethod}
 
 
 def build_method(config, class_counts):
