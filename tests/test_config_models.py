@@ -5,14 +5,24 @@ import torch
 
 from models import create_model, get_preprocessing, list_models
 from training.config import ConfigError, load_config
+from training.generator_training import load_generator_config
 from training.methods import method_class
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+# configs/generator/ holds generator-training configs; every other folder holds classifier-training configs.
+GENERATOR_CONFIGS = sorted((CONFIG_ROOT / "generator").rglob("*.yaml"))
+CONFIGS = sorted(set(CONFIG_ROOT.rglob("*.yaml")) - set(GENERATOR_CONFIGS))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_loads(path):
     method_class(load_config(path))  # method_options included
+
+
+@pytest.mark.parametrize("path", GENERATOR_CONFIGS, ids=lambda p: p.name)
+def test_every_generator_config_loads(path):
+    config = load_generator_config(path)
+    assert config.image_size % 2 ** (len(config.unet.block_out_channels) - 1) == 0
 
 
 def test_overrides_and_types(tmp_path):

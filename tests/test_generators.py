@@ -228,7 +228,8 @@ def save_tiny_text_to_image_pipeline(folder):
 
     torch.manual_seed(0)
     tokenizer = tiny_clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=1000,  # ≥ every id the tokenizer emits
+                                                hidden_size=32, intermediate_size=37,
                                                 num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
                                                 bos_token_id=0, eos_token_id=1, pad_token_id=1))
     unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
@@ -275,13 +276,17 @@ def test_text_to_image_generator_offline(tiny_pipeline, tmp_path):
 
 
 def test_text_to_image_synthesize_cli(tiny_pipeline, tiny_cifar_npz, tmp_path):
+    from training.config import load_config
+    from training.lt_data import build_datasets
+
+    data = [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5", "data.num_workers=0"]
     output = tmp_path / "synthetic"
     run_cli("synthesize", "--generator", str(tiny_pipeline), "--config", "configs/cifar10_lt/ce.yaml",
-            *overrides(f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
-                       "data.num_workers=0"),
-            "--output", str(output), "--per-class", "45", "--classes", "purple", "--steps", "2", "--guidance", "1.5")
+            *overrides(*data), "--output", str(output), "--per-class", "45", "--classes", "purple", "--steps", "2",
+            "--guidance", "1.5")
     synthetic = read_synthetic_set(output, CLASS_NAMES)
-    assert synthetic.counts()[9] == 45 - 5  # purple has 55 × 1/10 → 5 real images
+    real_purple = build_datasets(load_config("configs/cifar10_lt/ce.yaml", data).data).train_counts[9]
+    assert synthetic.counts() == [0] * 9 + [45 - real_purple]
     assert synthetic.records[0]["prompt"] == "A photo of a purple."
     assert Image.open(synthetic.paths[0]).size == (32, 32)
     assert synthetic.manifest["generator"]["kind"] == "text_to_image"
