@@ -68,6 +68,23 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
+def write_synthetic_set(root, class_names, per_class, size=32, seed=5):
+    """A synthetic set as `synthesize` writes it: PNGs of the class colour, listed in images.jsonl."""
+    from training.synthetic_set import append_records, class_folder, start_synthetic_set
+
+    synthetic = start_synthetic_set(root, {"class_names": list(class_names), "target_counts": list(per_class),
+                                           "generator": {"kind": "test"}})
+    labels = np.repeat(np.arange(len(class_names)), per_class)
+    records = []
+    for index, (image, label) in enumerate(zip(make_images(labels, size=size, seed=seed), labels)):
+        file = f"{class_folder(int(label), class_names[label])}/{index}.png"
+        (root / file).parent.mkdir(exist_ok=True)
+        Image.fromarray(image).save(root / file)
+        records.append({"file": file, "class_index": int(label), "seed": index, "prompt": ""})
+    append_records(synthetic, records)
+    return root
+
+
 def require_shared(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import CLASS_NAMES, REPO_ROOT, make_images
+from tests.conftest import CLASS_NAMES, REPO_ROOT, make_images, write_synthetic_set
 
 
 def run_cli(*args, check=True):
@@ -24,7 +24,8 @@ def run_cli(*args, check=True):
 
 
 # Every trained method goes the whole way; extra overrides make its tiny run exercise all of its branches.
-METHOD_RUNS = {"ce": [], "concutmix": ["method_options.label_warmup_epochs=0"]}
+METHOD_RUNS = {"ce": [], "concutmix": ["method_options.label_warmup_epochs=0"],
+               "sau": ["model.name=resnet32", "method_options.hidden_dim=32", "method_options.feat_dim=16"]}
 
 
 @pytest.fixture(scope="module", params=sorted(METHOD_RUNS))
@@ -33,6 +34,9 @@ def exported_model(request, tmp_path_factory, tiny_cifar_npz):
     overrides = [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5",
                  "data.batch_size=32", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
                  "optim.lr=0.02", "run.progress=false", *METHOD_RUNS[request.param]]
+    if request.param == "sau":  # SAU needs its synthetic top-up: colour images as the generator would list them
+        synthetic = write_synthetic_set(work / "synthetic", CLASS_NAMES, [60] * len(CLASS_NAMES))
+        overrides.append(f"method_options.synthetic_dir={synthetic}")
     sets = [arg for override in overrides for arg in ("--set", override)]
     train = run_cli("training", "train", "--config", f"configs/cifar10_lt/{request.param}.yaml", *sets,
                     "--output-dir", str(work / "run"))

@@ -13,8 +13,7 @@ from conftest import CLASS_NAMES, REPO_ROOT
 from PIL import Image
 
 from inference.generators import GeneratorError, image_seeds, open_generator
-from training.synthesize import top_up_counts
-from training.synthetic_set import read_synthetic_set
+from training.synthetic_set import read_synthetic_set, top_up_counts
 
 TINY_GENERATOR = ["image_size=16", "unet.block_out_channels=[16, 32]", "unet.attention=[false, true]",
                   "unet.norm_num_groups=8", "train.steps=4", "train.batch_size=8", "train.warmup_steps=1",

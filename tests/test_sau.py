@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import CLASS_NAMES, make_images, train_interrupted_and_resumed, write_cifar_like_npz
+from conftest import (CLASS_NAMES, make_images, train_interrupted_and_resumed, write_cifar_like_npz,
+                      write_synthetic_set)
 from models import create_model
 from models.registry import CIFAR_PREPROCESSING, IMAGENET_PREPROCESSING
 from training.config import ConfigError, load_config
@@ -19,7 +20,6 @@ from training.methods import build_method
 from training.methods.sau import (RealSyntheticDataset, class_prototypes, clean_synthetic, cutmix, noisy_labels,
                                   real_and_synthetic, sau_views, synthetic_aware_loss)
 from training.mixing import sample_beta
-from training.synthetic_set import append_records, class_folder, start_synthetic_set
 from training.transforms import Cutout, MultipleViews, eval_transform
 
 CONFIG = "configs/cifar10_lt/sau.yaml"
@@ -211,21 +211,6 @@ def test_prototypes_are_per_class_means_of_the_real_embeddings_in_eval_mode():
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-def write_synthetic_set(root, class_names, per_class, size=32, seed=5):
-    """A synthetic set as `synthesize` writes it: PNGs of the class colour, listed in images.jsonl."""
-    synthetic = start_synthetic_set(root, {"class_names": list(class_names), "target_counts": list(per_class),
-                                           "generator": {"kind": "test"}})
-    labels = np.repeat(np.arange(len(class_names)), per_class)
-    records = []
-    for index, (image, label) in enumerate(zip(make_images(labels, size=size, seed=seed), labels)):
-        file = f"{class_folder(int(label), class_names[label])}/{index}.png"
-        (root / file).parent.mkdir(exist_ok=True)
-        Image.fromarray(image).save(root / file)
-        records.append({"file": file, "class_index": int(label), "seed": index, "prompt": ""})
-    append_records(synthetic, records)
-    return root
 
 
 def tiny_bundle(real_counts=(6, 3, 1)) -> DatasetBundle:

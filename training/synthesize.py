@@ -23,15 +23,9 @@ from inference.generators import GeneratorError, open_generator
 from models import get_preprocessing
 from training.config import ConfigError, load_config
 from training.lt_data import build_datasets
-from training.synthetic_set import append_records, class_folder, start_synthetic_set
+from training.synthetic_set import append_records, class_folder, start_synthetic_set, top_up_counts
 
 MAX_ATTEMPTS_PER_IMAGE = 20  # with a filter: give up on a class after this many tries per wanted image
-
-
-def top_up_counts(class_counts: list[int], per_class: int | None = None) -> list[int]:
-    """s_c = target − n_c (never negative); target = max_c n_c unless given."""
-    target = max(class_counts) if per_class is None else per_class
-    return [max(0, target - count) for count in class_counts]
 
 
 class ConfidenceFilter:

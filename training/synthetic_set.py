@@ -24,6 +24,12 @@ FORMAT = "longtail_studio.synthetic/1"
 MANIFEST, IMAGES = "manifest.json", "images.jsonl"
 
 
+def top_up_counts(class_counts: list[int], per_class: int | None = None) -> list[int]:
+    """s_c = target − n_c (never negative); target = max_c n_c (SAU's n_max) unless given."""
+    target = max(class_counts) if per_class is None else per_class
+    return [max(0, target - count) for count in class_counts]
+
+
 def class_folder(class_index: int, class_name: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", class_name).strip("_") or "class"
     return f"{class_index:04d}_{safe}"

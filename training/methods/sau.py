@@ -40,8 +40,7 @@ from training.losses import soft_cross_entropy
 from training.lt_data import ArrayDataset, FileListDataset
 from training.methods.base import Method
 from training.mixing import cutmix_box, mixup, paste_box, sample_beta
-from training.synthesize import top_up_counts
-from training.synthetic_set import read_synthetic_set
+from training.synthetic_set import read_synthetic_set, top_up_counts
 from training.transforms import MultipleViews, contrastive_transform, strong_classification_transform, train_transform
 
 LOSS_STRATEGIES = ("pos_neg", "drop", "neg_only")
