@@ -52,8 +52,20 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
+class _Sampling:
+    """What both generators share: defaults for steps and guidance, and the checks on a request."""
+
+    def _settings(self, class_index: int, steps: int | None, guidance: float | None) -> tuple[int, float]:
+        if not 0 <= class_index < len(self.class_names):
+            raise GeneratorError(f"class index {class_index} is out of range (0-{len(self.class_names) - 1})")
+        guidance = self.default_guidance if guidance is None else guidance
+        if guidance != 1.0 and not self.supports_guidance:
+            raise GeneratorError("this generator was trained without class dropout, so guidance must be 1")
+        return steps or self.default_steps, guidance
+
+
 @dataclass
-class ClassConditionalGenerator:
+class ClassConditionalGenerator(_Sampling):
     """Our UNet2DModel with class embeddings, sampled with DDIM (deterministic, eta = 0)."""
 
     unet: torch.nn.Module
@@ -113,12 +125,7 @@ class ClassConditionalGenerator:
     def generate(self, class_index: int, count: int, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, first_index: int = 0, progress: Progress | None = None,
                  ) -> list[Image.Image]:
-        steps = steps or self.default_steps
-        guidance = self.default_guidance if guidance is None else guidance
-        if not 0 <= class_index < len(self.class_names):
-            raise GeneratorError(f"class index {class_index} is out of range (0-{len(self.class_names) - 1})")
-        if guidance != 1.0 and not self.supports_guidance:
-            raise GeneratorError("this generator was trained without class dropout, so guidance must be 1")
+        steps, guidance = self._settings(class_index, steps, guidance)
         device = next(self.unet.parameters()).device
         size = self.image_size
         sample = _noise(image_seeds(seed, class_index, first_index, count), (3, size, size)).to(device)
@@ -143,7 +150,7 @@ class ClassConditionalGenerator:
 
 
 @dataclass
-class TextToImageGenerator:
+class TextToImageGenerator(_Sampling):
     """Any diffusers text-to-image pipeline (Stable Diffusion and the like), from the Hub or a local folder.
 
     Prompts: `prompt_template` with {class} replaced, or per-class lists from a JSON prompts file
@@ -201,8 +208,7 @@ class TextToImageGenerator:
     def generate(self, class_index: int, count: int, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, first_index: int = 0, progress: Progress | None = None,
                  ) -> list[Image.Image]:
-        steps = steps or self.default_steps
-        guidance = self.default_guidance if guidance is None else guidance
+        steps, guidance = self._settings(class_index, steps, guidance)
         seeds = image_seeds(seed, class_index, first_index, count)
         prompts = [self.prompt(class_index, first_index + k) for k in range(count)]
 

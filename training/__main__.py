@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(args, load, resume):
+    """A new run's config from --config + --set, or with --resume the run's saved one (checked against them)."""
+    if args.resume:
+        return resume(args.output_dir, args.config, args.overrides)
+    return load(args.config, args.overrides)
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -109,11 +116,7 @@ def main(argv=None) -> int:
             from training.config import load_config
             from training.train import resume_config, train
 
-            if args.resume:
-                config = resume_config(args.output_dir, args.config, args.overrides)
-            else:
-                config = load_config(args.config, args.overrides)
-            train(config, args.output_dir, resume=args.resume)
+            train(_config(args, load_config, resume_config), args.output_dir, resume=args.resume)
         elif args.command == "evaluate":
             from training.evaluate import evaluate_checkpoint
 
@@ -129,10 +132,7 @@ def main(argv=None) -> int:
         elif args.command == "train-generator":
             from training.generator_training import load_generator_config, resume_generator_config, train_generator
 
-            if args.resume:
-                config = resume_generator_config(args.output_dir, args.config, args.overrides)
-            else:
-                config = load_generator_config(args.config, args.overrides)
+            config = _config(args, load_generator_config, resume_generator_config)
             train_generator(config, args.output_dir, resume=args.resume)
         elif args.command == "synthesize":
             from training.synthesize import synthesize_from_args
