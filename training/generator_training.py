@@ -108,7 +108,6 @@ def build_unet(config: GeneratorConfig, num_classes: int):
     from diffusers import UNet2DModel
 
     unet = config.unet
-    levels = len(unet.block_out_channels)
     down = ["AttnDownBlock2D" if attend else "DownBlock2D" for attend in unet.attention]
     up = ["AttnUpBlock2D" if attend else "UpBlock2D" for attend in reversed(unet.attention)]
     with_null_class = config.train.class_dropout > 0
@@ -116,7 +115,7 @@ def build_unet(config: GeneratorConfig, num_classes: int):
                        block_out_channels=tuple(unet.block_out_channels), layers_per_block=unet.layers_per_block,
                        down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=unet.norm_num_groups,
                        num_class_embeds=num_classes + int(with_null_class),
-                       attention_head_dim=max(8, unet.block_out_channels[-1] // 4) if levels else 8)
+                       attention_head_dim=max(8, unet.block_out_channels[-1] // 4))
 
 
 def noise_schedulers(config: GeneratorConfig):

@@ -118,7 +118,7 @@ def start_synthetic_set(directory: str | Path, manifest: dict) -> SyntheticSet:
     if (root / MANIFEST).exists():
         existing = read_synthetic_set(root)
         changed = sorted(key for key in set(manifest) | set(existing.manifest)
-                         if key not in ("target_counts", "created") and manifest.get(key) != existing.manifest.get(key))
+                         if key != "target_counts" and manifest.get(key) != existing.manifest.get(key))
         if changed:
             raise ConfigError(f"{root} holds a synthetic set made with different settings ({', '.join(changed)}); "
                               "choose another --output or delete it")
