@@ -310,3 +310,21 @@ def test_shared_clip_tokenizer_loads_if_present():
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     assert len(tokenizer) == 49408  # a 2-token tokenizer would mean a silently broken offline load
     assert tokenizer("A photo of a cat.").input_ids[0] == 49406
+
+
+def test_check_synthetic_reports_per_class_recognition(tmp_path):
+    from conftest import write_synthetic_set
+
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    folder = write_synthetic_set(tmp_path / "synthetic", cifar, [0, 3, 0, 0, 0, 0, 0, 0, 0, 5])
+    report_file = tmp_path / "report.json"
+    result = run_cli("check-synthetic", "--synthetic", str(folder), "--model",
+                     str(REPO_ROOT / "model_zoo" / "cifar10_lt_ce_resnet32.onnx"), "--sample-per-class", "4",
+                     "--output", str(report_file))
+    report = json.loads(report_file.read_text())
+    assert report["images"] == 3 + 4 and sorted(report["per_class"]) == ["automobile", "truck"]
+    assert report["per_class"]["truck"]["images"] == 4 and 0 <= report["recognised"] <= 100
+    assert "7 synthetic images" in result.stdout
+    wrong = run_cli("check-synthetic", "--synthetic", str(write_synthetic_set(tmp_path / "other", CLASS_NAMES, [1] * 10)),
+                    "--model", str(REPO_ROOT / "model_zoo" / "cifar10_lt_ce_resnet32.onnx"), check=False)
+    assert wrong.returncode == 2 and "not this dataset's classes" in wrong.stderr

@@ -32,20 +32,26 @@ class ConfidenceFilter:
     """Keeps an image when an exported classifier gives its intended class probability ≥ threshold."""
 
     def __init__(self, model_path: str, threshold: float, class_names: list[str]):
-        from inference.classifier import OnnxClassifier
-
         if not 0 <= threshold <= 1:
             raise ConfigError(f"--filter-threshold must lie in [0, 1]; got {threshold}")
-        self.classifier = OnnxClassifier(model_path)
-        if self.classifier.card.class_names != list(class_names):
-            raise ConfigError(f"the filter model {model_path} predicts {self.classifier.card.class_names}, "
-                              f"not this dataset's classes {list(class_names)}")
+        self.classifier = classifier_for(model_path, class_names)
         self.threshold = threshold
         self.description = {"model": Path(model_path).name, "sha256": _sha256(model_path), "threshold": threshold,
                             "rule": "p(intended class) >= threshold"}
 
     def scores(self, images, class_index: int) -> list[float]:
         return [float(p) for p in self.classifier.probabilities(images)[:, class_index]]
+
+
+def classifier_for(model_path: str, class_names: list[str]):
+    """An exported classifier that predicts exactly `class_names`, in order, to judge synthetic images."""
+    from inference.classifier import OnnxClassifier
+
+    classifier = OnnxClassifier(model_path)
+    if classifier.card.class_names != list(class_names):
+        raise ConfigError(f"{model_path} predicts {classifier.card.class_names}, not this dataset's classes "
+                          f"{list(class_names)}")
+    return classifier
 
 
 def _sha256(path: str) -> str:
@@ -65,8 +71,9 @@ def synthesize(generator, class_names: list[str], wanted: list[int], output: str
     synthetic = start_synthetic_set(output, manifest)
     have = synthetic.counts()
     # How many were tried per class (kept or filtered out): the next image index, so seeds never repeat.
-    tried = [max([r.get("index", -1) for r in synthetic.records if r["class_index"] == c], default=-1) + 1
-             for c in range(len(class_names))]
+    tried = [0] * len(class_names)
+    for record in synthetic.records:
+        tried[record["class_index"]] = max(tried[record["class_index"]], record["index"] + 1)
     todo = sum(max(0, w - h) for w, h in zip(wanted, have))
     bar = tqdm(total=todo, disable=not progress, desc="synthesize", unit="img")
     started, generated = time.perf_counter(), 0
@@ -112,24 +119,21 @@ def synthesize(generator, class_names: list[str], wanted: list[int], output: str
     return summary
 
 
-def recognition_report(synthetic_set, model_path: str, batch_size: int = 256) -> dict:
+def recognition_report(paths: list[Path], labels: np.ndarray, class_names: list[str], model_path: str,
+                       batch_size: int = 256) -> dict:
     """How often an exported classifier recognises each class's synthetic images as that class, and its
     mean confidence in the intended class: a cheap proxy for whether the samples are useful tail data."""
-    from inference.classifier import OnnxClassifier
     from inference.images import load_image
 
-    classifier = OnnxClassifier(model_path)
-    if classifier.card.class_names != synthetic_set.class_names:
-        raise ConfigError(f"{model_path} predicts {classifier.card.class_names}, but the synthetic set has the "
-                          f"classes {synthetic_set.class_names}")
-    labels = synthetic_set.labels
-    probabilities = np.concatenate([
-        classifier.probabilities([load_image(p) for p in synthetic_set.paths[start:start + batch_size]])
-        for start in range(0, len(labels), batch_size)]) if len(labels) else np.zeros((0, len(synthetic_set.class_names)))
+    classifier = classifier_for(model_path, class_names)
+    probabilities = np.zeros((0, len(class_names)))
+    if len(labels):
+        probabilities = np.concatenate([classifier.probabilities([load_image(p) for p in paths[start:start + batch_size]])
+                                        for start in range(0, len(labels), batch_size)])
     recognised = probabilities.argmax(axis=1) == labels
     own = probabilities[np.arange(len(labels)), labels]
     per_class = {}
-    for c, name in enumerate(synthetic_set.class_names):
+    for c, name in enumerate(class_names):
         members = labels == c
         if members.any():
             per_class[name] = {"images": int(members.sum()), "recognised": round(100 * float(recognised[members].mean()), 2),
@@ -188,12 +192,11 @@ def check_synthetic_from_args(args) -> dict:
     from training.synthetic_set import read_synthetic_set
 
     synthetic = read_synthetic_set(args.synthetic)
+    counts = synthetic.counts()
     if args.sample_per_class is not None:
-        have = synthetic.counts()
-        paths, _ = synthetic.first_per_class([min(n, args.sample_per_class) for n in have])
-        kept = {str(p) for p in paths}
-        synthetic.records = [r for r in synthetic.records if str(synthetic.root / r["file"]) in kept]
-    report = recognition_report(synthetic, args.model)
+        counts = [min(n, args.sample_per_class) for n in counts]
+    paths, labels = synthetic.first_per_class(counts)
+    report = recognition_report(paths, labels, synthetic.class_names, args.model)
     print_recognition_report(report)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))
