@@ -25,6 +25,10 @@ class ImageLoadError(ValueError):
     """An input that cannot be used as an image; the message is meant for the user."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """An image refused for its pixel count, before decoding it: a limit of the server, not a broken file."""
+
+
 def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode a path, bytes or binary file object into an RGB image.
 
@@ -44,7 +48,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         try:
             image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageLoadError(f"{name} has too many pixels to decode safely ({error}).") from error
+            raise ImageTooLargeError(f"{name} has too many pixels to decode safely ({error}).") from error
         except UnidentifiedImageError as error:
             raise ImageLoadError(
                 f"{name} is not an image file that can be read (supported: PNG, JPEG, GIF, WebP, BMP, TIFF)."
@@ -54,7 +58,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
 
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageLoadError(
+            raise ImageTooLargeError(
                 f"{name} is {width}×{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
                 f"{max_pixels / 1e6:g} megapixels; downscale it first."
             )
@@ -63,7 +67,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             image.seek(0)  # animated GIF/WebP/APNG: the first frame
             image.load()  # decoding is lazy; force it so truncated files fail here
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageLoadError(f"{name} has too many pixels to decode safely ({error}).") from error
+            raise ImageTooLargeError(f"{name} has too many pixels to decode safely ({error}).") from error
         except (OSError, SyntaxError, ValueError, EOFError) as error:
             raise ImageLoadError(f"{name} is truncated or corrupt and cannot be decoded ({error}).") from error
 

@@ -1,0 +1,309 @@
+"""The HTTP inference service: classify uploads, make tail samples, list the models. Interactive docs at /docs.
+
+    python -m inference serve --models-dir model_zoo --port 8000
+
+    curl -F files=@cat.png -F files=@dog.jpg -F top_k=3 http://127.0.0.1:8000/v1/classify
+    curl -H 'Content-Type: application/json' -d '{"class_name": "frog", "count": 4}' http://127.0.0.1:8000/v1/generate
+
+It is a thin layer over `inference.service.Studio`, the same object the Gradio app uses: the models on
+offer, image loading, the limits and the generator all live there. A `RequestError` becomes its HTTP status
+with `{"detail": "..."}`. Classification and generation are plain `def` endpoints, so they run in the
+threadpool: a generation that takes a minute holds one thread, not the event loop.
+"""
+
+import base64
+import io
+import logging
+import re
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inference.images import ImageLoadError, ImageTooLargeError
+from inference.service import Generation, Limits, RequestError, Studio
+
+log = logging.getLogger(__name__)
+
+# Multipart wraps each file in a few hundred bytes of headers; these bounds are generous on purpose, so the
+# body limit only ever stops requests that the per-file and per-batch limits would refuse anyway.
+PART_OVERHEAD = 16 * 2**10
+FORM_OVERHEAD = 64 * 2**10
+
+
+def max_body_bytes(limits: Limits) -> int:
+    return limits.max_batch * (limits.max_upload_bytes + PART_OVERHEAD) + FORM_OVERHEAD
+
+
+# --- Response schemas (for /docs; the records themselves come from the service's to_dict) -------------
+
+
+class ClassScore(BaseModel):
+    index: int
+    name: str
+    probability: float
+    train_count: int | None = Field(description="training images of the class; null when the model has no counts")
+    group: Literal["many", "medium", "few"] | None = Field(description="head (many), medium or tail (few)")
+
+
+class ImagePrediction(BaseModel):
+    image: str = Field(description="the uploaded file name")
+    prediction: str
+    probability: float
+    group: str | None
+    train_count: int | None
+    top_k: list[ClassScore] = Field(description="the top_k classes, most probable first")
+    classes: list[ClassScore] = Field(description="every class, in class-index order")
+
+
+class ImageError(BaseModel):
+    image: str = Field(description="the uploaded file name")
+    error: str = Field(description="why the file cannot be used as an image")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[ImagePrediction | ImageError] = Field(description="one record per uploaded file, in upload order")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"class_name": "frog", "count": 4, "seed": 0}]})
+
+    class_name: str = Field(description="a class the generator makes (GET /v1/models lists them)")
+    count: int = Field(4, description="how many images, 1 to the server's max_generate")
+    seed: int = Field(0, description="an image depends only on (seed, class, index), so it can be made again")
+    steps: int | None = Field(None, description="denoising steps (1 to max_steps); the generator's default if absent")
+    guidance: float | None = Field(None, description="classifier-free guidance scale; the generator's default if absent")
+    first_index: int = Field(0, description="index of the first image in the class: first_index 4 continues a count-4 run")
+    model: str | None = Field(None, description="the classifier that recognises the images; the default model if absent")
+    format: Literal["json", "zip"] = Field("json", description="json: base64 PNGs inline; zip: the PNGs plus "
+                                                                "generation.json as application/zip")
+
+
+class GeneratedImage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    seed: int = Field(description="the image's own seed, derived from (seed, class, index)")
+    predicted: str = Field(description="the class the model sees in the image")
+    probability: float = Field(description="the model's probability of `predicted`")
+    intended_probability: float | None = Field(description="its probability of class_name; null if it lacks it")
+    matches: bool = Field(description="the model recognises the image as the class asked for")
+    file_name: str
+    png_base64: str
+
+
+class GenerateResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")  # every setting Generation records, enough to make the images again
+
+    class_name: str
+    class_index: int
+    count: int
+    seed: int
+    first_index: int
+    steps: int
+    guidance: float
+    seeds: list[int]
+    generator: dict[str, Any]
+    model: str
+    images: list[GeneratedImage]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    class_names: list[str]
+    train_counts: list[int] | None = Field(description="training images per class; null when unknown")
+    groups: list[str] | None = Field(description="many / medium / few per class; null when unknown")
+    group_rule: dict[str, Any]
+    preprocessing: dict[str, Any]
+    method: str
+    dataset: str
+    imbalance_factor: float | None
+
+
+class ModelUnavailable(BaseModel):
+    name: str
+    error: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo | ModelUnavailable]
+    default_model: str | None
+    generator: dict[str, Any] = Field(description="the generator's source and, once it has been used, what it is")
+    limits: dict[str, int]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    models: int = Field(description="how many models are on offer")
+    generator: dict[str, Any]
+
+
+# --- The app --------------------------------------------------------------------------------------
+
+
+def create_app(studio: Studio) -> FastAPI:
+    limits = studio.limits
+    app = FastAPI(
+        title="LongTail Studio API",
+        version="1",
+        summary="Long-tailed image classification: top-k with head/medium/tail groups and training counts, "
+                "plus class-conditional tail samples.",
+        description=(
+            "Every prediction says whether its class is a head, medium or tail class of the training data and how "
+            "many training images it had. The generator makes new images of a (rare) class, each checked by a "
+            "classifier.\n\n"
+            f"Limits of this server: {limits.max_batch} images of at most {limits.max_upload_text} and "
+            f"{limits.max_pixels / 1e6:g} megapixels each per classification; {limits.max_generate} images and "
+            f"{limits.max_steps} steps per generation. Errors are `{{\"detail\": \"...\"}}` with 404 (unknown "
+            "model), 413 (too large), 422 (invalid request), 429 (generator busy) or 503 (no generator)."),
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(limits))
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    errors = {status: {"model": ErrorResponse} for status in (404, 413)}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, summary="Classify one or several images",
+              responses={**errors, 422: {"description": "no uploaded file is a readable image (the body lists why "
+                                                        "for each), or a form field is invalid"}})
+    def classify(
+        files: Annotated[list[UploadFile], File(description=f"the images; repeat the field for several (at most "
+                                                            f"{limits.max_batch}, each at most {limits.max_upload_text})")],
+        model: Annotated[str | None, Form(description="a model file name from GET /v1/models; default model if absent")] = None,
+        top_k: Annotated[int, Form(ge=1, le=20, description="how many classes to list per image")] = 5,
+    ):
+        """One record per file, in upload order, shaped like `python -m inference predict` output. A file that
+        is not a readable image gets `{"image", "error"}` and the others are still classified; when none is
+        readable the answer is 422 with the same records. Files or images over the limits refuse the whole
+        request with 413."""
+        name = studio.catalog.get(model).path.name  # an unknown model is a 404 before any file is read
+        for upload in files:
+            if upload.size is not None and upload.size > limits.max_upload_bytes:
+                raise RequestError(f"{upload.filename} is {upload.size / 2**20:.1f} MB; the limit is "
+                                   f"{limits.max_upload_text} per file", status=413)
+        names = [upload.filename or f"file {i}" for i, upload in enumerate(files)]
+        results = studio.classify(name, [named_bytes(upload, n) for upload, n in zip(files, names)], top_k=top_k)
+        too_large = next((r for r in results if isinstance(r, ImageTooLargeError)), None)
+        if too_large is not None:
+            raise RequestError(str(too_large), status=413)
+        records = [{"image": n, "error": str(r)} if isinstance(r, ImageLoadError) else {"image": n, **r.to_dict()}
+                   for n, r in zip(names, results)]
+        if all("error" in record for record in records):
+            return JSONResponse({"detail": "none of the files is a readable image", "model": name,
+                                 "results": records}, status_code=422)
+        return {"model": name, "results": records}
+
+    @app.post("/v1/generate", response_model=GenerateResponse, summary="Make new images of a class",
+              responses={**errors, 200: {"content": {"application/zip": {}},
+                                         "description": "JSON with base64 PNGs, or with format zip the PNGs plus "
+                                                        "generation.json"},
+                         422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    def generate(request: GenerateRequest):
+        """`count` new images of `class_name`, each recognised by the classifier `model`: the class it sees, its
+        probability, and its probability of the class asked for. The settings in the answer (seeds, steps,
+        guidance, generator) make the same images again. One generation runs at a time; a request that would
+        wait behind too many others gets 429."""
+        generation = studio.generate(request.model, request.class_name, count=request.count, seed=request.seed,
+                                     steps=request.steps, guidance=request.guidance, first_index=request.first_index)
+        if request.format == "zip":
+            file_name = re.sub(r"[^\w.-]", "_", f"{request.class_name}_seed{request.seed}.zip", flags=re.ASCII)
+            return Response(generation.zip_bytes(), media_type="application/zip",
+                            headers={"Content-Disposition": f'attachment; filename="{file_name}"'})
+        return generation_record(generation)
+
+    @app.get("/v1/models", response_model=ModelsResponse, summary="The models, the generator and the limits")
+    def models():
+        """Every model on offer with its classes, training counts, head/medium/tail groups and preprocessing (from
+        the model card inside the ONNX file); a model that cannot be opened is listed with its error."""
+        return {"models": [describe_model(studio, name) for name in studio.catalog.names()],
+                "default_model": studio.catalog.default(), "generator": studio.generator.describe(),
+                "limits": {**asdict(limits), "max_body_bytes": max_body_bytes(limits)}}
+
+    @app.get("/healthz", response_model=Health, summary="Liveness, without loading any model")
+    def healthz():
+        """Answers at once, even while a generation runs: it counts the model files and opens nothing."""
+        return {"status": "ok", "models": len(studio.catalog.names()), "generator": studio.generator.describe()}
+
+    return app
+
+
+def named_bytes(upload: UploadFile, name: str) -> io.BytesIO:
+    # The loader names the file in its messages when the file object has a name.
+    data = io.BytesIO(upload.file.read())
+    data.name = name
+    return data
+
+
+def generation_record(generation: Generation) -> dict:
+    record = generation.to_dict()
+    for item, name, image in zip(record["images"], generation.file_names(), generation.images):
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        item.update(file_name=name, png_base64=base64.b64encode(png.getvalue()).decode("ascii"))
+    return record
+
+
+def describe_model(studio: Studio, name: str) -> dict:
+    try:
+        classifier = studio.catalog.get(name)
+    except RequestError as error:
+        return {"name": name, "error": str(error)}
+    card, known = classifier.card, classifier.has_training_counts
+    return {"name": name, "class_names": card.class_names, "train_counts": card.class_counts if known else None,
+            "groups": card.class_groups if known else None, "group_rule": card.group_rule,
+            "preprocessing": asdict(card.preprocessing), "method": card.method, "dataset": card.dataset,
+            "imbalance_factor": card.imbalance_factor}
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive`: FastAPI lets an HTTPException out of body parsing, so it becomes the 413 answer."""
+
+
+class BodySizeLimit:
+    """Refuse a request body over `max_bytes` with 413 before anything parses or spools it: at once when its
+    Content-Length says so, and for a chunked body (no Content-Length) as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.detail = f"the request body is larger than this server's limit of {max_bytes / 2**20:.1f} MB"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(413, self.detail)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def serve(studio: Studio, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the service with uvicorn until interrupted; uvicorn logs only warnings, we log where the docs are."""
+    import uvicorn
+
+    log.setLevel(logging.INFO)
+    log.info("LongTail Studio API on http://%s:%d (docs: http://%s:%d/docs)", host, port, host, port)
+    uvicorn.run(create_app(studio), host=host, port=port, log_level="warning")

@@ -1,0 +1,293 @@
+"""The HTTP service end to end: a real uvicorn server in a thread, on a tiny ONNX model and a tiny random
+generator, spoken to over HTTP with httpx. Limits are set small so each one can be hit with small requests."""
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from dataclasses import replace
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from conftest import REPO_ROOT, write_tiny_generator
+from helpers_onnx import CLASS_COUNTS, CLASS_NAMES, make_card, tiny_net_path, write_model
+from PIL import Image
+
+from inference.images import load_image
+from inference.server import create_app, max_body_bytes
+from inference.service import GeneratorService, Limits, ModelCatalog, Studio
+
+LIMITS = Limits(max_upload_bytes=64 * 2**10, max_pixels=64 * 64, max_batch=4, max_generate=3, max_steps=5)
+
+
+def png(size=(32, 32), colour=(200, 30, 30), image_format="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def upload(name: str, data: bytes) -> tuple:
+    return ("files", (name, data, "image/png"))
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    (root / "models").mkdir()
+    write_model(tiny_net_path(tmp_path_factory), root / "models" / "tiny.onnx", make_card())
+    # A real model file next to the folder: a request for "../x.onnx" must not reach it.
+    write_model(tiny_net_path(tmp_path_factory), root / "x.onnx", make_card())
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def studio(models_dir):
+    generator = write_tiny_generator(models_dir.parent / "generator", CLASS_NAMES)
+    return Studio(ModelCatalog(models_dir), GeneratorService(generator, device="cpu"), LIMITS)
+
+
+@pytest.fixture(scope="module")
+def base_url(studio):
+    server = uvicorn.Server(uvicorn.Config(create_app(studio), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]  # port 0: the system picked a free one
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        yield client
+
+
+# --- Classification ---------------------------------------------------------------------------------
+
+
+def test_classify_several_images_in_order_with_a_broken_one(client, studio):
+    images = [("red.png", png()), ("broken.png", b"this is not an image"), ("blue.jpg", png(colour=(20, 20, 220),
+                                                                                          image_format="JPEG"))]
+    response = client.post("/v1/classify", files=[upload(*image) for image in images], data={"top_k": "2"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "tiny.onnx"
+    assert [record["image"] for record in body["results"]] == ["red.png", "broken.png", "blue.jpg"]
+    assert set(body["results"][1]) == {"image", "error"} and "not an image file" in body["results"][1]["error"]
+    for record, (_, data) in zip(body["results"][::2], images[::2]):
+        # The record of `python -m inference predict`, from the same classifier.
+        expected = studio.catalog.get("tiny.onnx").predict([load_image(data)], top_k=2)[0].to_dict()
+        assert set(record) == {"image", *expected}
+        assert record["prediction"] == expected["prediction"]
+        assert record["probability"] == pytest.approx(expected["probability"], abs=1e-5)
+        assert len(record["top_k"]) == 2 and len(record["classes"]) == len(CLASS_NAMES)
+        assert record["train_count"] == CLASS_COUNTS[CLASS_NAMES.index(record["prediction"])]
+
+    assert client.post("/v1/classify", files=[upload(*images[0])], data={"top_k": "21"}).status_code == 422
+
+
+def test_classify_with_no_readable_image_is_422_with_each_reason(client):
+    response = client.post("/v1/classify", files=[upload("a.png", b""), upload("b.svg", b"<svg></svg>")])
+    assert response.status_code == 422
+    body = response.json()
+    assert "none of the files" in body["detail"]
+    assert [(r["image"], "error" in r) for r in body["results"]] == [("a.png", True), ("b.svg", True)]
+    assert "empty" in body["results"][0]["error"] and "SVG" in body["results"][1]["error"]
+
+
+@pytest.mark.parametrize("files, detail", [
+    ([upload(f"{i}.png", png()) for i in range(LIMITS.max_batch + 1)], "the limit is 4"),
+    ([upload("small.png", png()), upload("big.png", b"\0" * (LIMITS.max_upload_bytes + 1))], "big.png is"),
+    ([upload("huge.png", png(size=(100, 100)))], "above the limit"),  # 10,000 pixels > 64 × 64
+], ids=["too-many-files", "file-too-large", "too-many-pixels"])
+def test_classify_over_a_limit_is_413(client, files, detail):
+    response = client.post("/v1/classify", files=files)
+    assert response.status_code == 413
+    assert detail in response.json()["detail"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed(client):
+    too_much = max_body_bytes(LIMITS) + 1
+    response = client.post("/v1/classify", files=[upload("big.png", b"\0" * too_much)])
+    assert response.status_code == 413 and "request body" in response.json()["detail"]
+
+    # Chunked: no Content-Length, so the middleware counts the bytes as they stream in.
+    head = (b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+    chunks = [head] + [b"\0" * 2**16] * (too_much // 2**16 + 1)
+    response = client.post("/v1/classify", content=iter(chunks),
+                           headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413 and "request body" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("model", ["missing.onnx", "../x.onnx", "..", "/etc/passwd"])
+def test_an_unknown_model_is_404_and_never_leaves_the_models_folder(client, model):
+    response = client.post("/v1/classify", files=[upload("red.png", png())], data={"model": model})
+    assert response.status_code == 404
+    assert "tiny.onnx" in response.json()["detail"]  # names what is on offer
+    response = client.post("/v1/generate", json={"class_name": "cat", "count": 1, "model": model})
+    assert response.status_code == 404
+
+
+# --- Generation -------------------------------------------------------------------------------------
+
+
+def decode(image_record: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image_record["png_base64"]))))
+
+
+def test_generate_json_is_reproducible_and_recognised(client):
+    request = {"class_name": "bird", "count": 2, "seed": 3}
+    response = client.post("/v1/generate", json=request)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["class_name"], body["count"], body["seed"], body["steps"], body["model"]) == ("bird", 2, 3, 2, "tiny.onnx")
+    assert [image["index"] for image in body["images"]] == [0, 1]
+    for image in body["images"]:
+        assert decode(image).shape == (16, 16, 3)  # the generator's size
+        assert image["predicted"] in CLASS_NAMES and 0 <= image["probability"] <= 1
+        assert 0 <= image["intended_probability"] <= 1 and isinstance(image["matches"], bool)
+        assert image["file_name"].endswith(".png")
+
+    again = client.post("/v1/generate", json=request).json()
+    assert [decode(a).tolist() for a in again["images"]] == [decode(b).tolist() for b in body["images"]]
+    # The second image again on its own: an image depends on (seed, class, index), not on the batch.
+    second = client.post("/v1/generate", json={**request, "count": 1, "first_index": 1}).json()["images"][0]
+    assert second["seed"] == body["images"][1]["seed"]
+    assert np.abs(decode(second).astype(int) - decode(body["images"][1])).max() <= 1
+
+
+def test_generate_zip_holds_the_pngs_and_the_settings(client):
+    response = client.post("/v1/generate", json={"class_name": "dog", "count": 2, "seed": 1, "format": "zip"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert 'filename="dog_seed1.zip"' in response.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        names = archive.namelist()
+        pngs = [name for name in names if name.endswith(".png")]
+        assert len(pngs) == 2 and "generation.json" in names
+        assert Image.open(io.BytesIO(archive.read(pngs[0]))).size == (16, 16)
+        settings = json.loads(archive.read("generation.json"))
+    assert settings["class_name"] == "dog" and len(settings["images"]) == 2
+
+
+@pytest.mark.parametrize("request_body", [
+    {"class_name": "cat", "count": LIMITS.max_generate + 1},
+    {"class_name": "cat", "steps": LIMITS.max_steps + 1},
+    {"class_name": "cat", "count": 0},
+    {"class_name": "unicorn"},
+], ids=["count", "steps", "zero", "class"])
+def test_generation_outside_the_limits_is_422(client, request_body):
+    response = client.post("/v1/generate", json=request_body)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], str)
+
+
+def test_classify_and_health_answer_while_a_generation_runs(client, base_url, studio, monkeypatch):
+    """The generation is held until the classify answer has arrived, so the order proves they overlapped."""
+    generator = studio.generator.generator()  # open it now, to wrap the object requests will use
+    real_generate, started, release = generator.generate, threading.Event(), threading.Event()
+
+    def held_generate(*args, **kwargs):
+        started.set()
+        assert release.wait(120), "the test never released the generation"
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(generator, "generate", held_generate)
+    # No request may wait behind the running one, so a second generation is refused at once.
+    monkeypatch.setattr(studio, "limits", replace(studio.limits, max_waiting_generations=0))
+    finished = []
+
+    def generate_in_background():
+        with httpx.Client(base_url=base_url, timeout=120) as other:
+            response = other.post("/v1/generate", json={"class_name": "cat", "count": 1})
+        finished.append(("generate", response.status_code))
+
+    thread = threading.Thread(target=generate_in_background)
+    thread.start()
+    try:
+        assert started.wait(120)
+        assert client.get("/healthz").status_code == 200
+        busy = client.post("/v1/generate", json={"class_name": "cat", "count": 1})
+        assert busy.status_code == 429 and "busy" in busy.json()["detail"]
+        response = client.post("/v1/classify", files=[upload("red.png", png())])
+        finished.append(("classify", response.status_code))
+    finally:
+        release.set()
+        thread.join(120)
+    assert finished == [("classify", 200), ("generate", 200)]
+
+
+# --- Listing, health, docs --------------------------------------------------------------------------
+
+
+def test_models_lists_cards_generator_and_limits(client):
+    body = client.get("/v1/models").json()
+    [model] = body["models"]
+    assert model["name"] == "tiny.onnx" and model["class_names"] == CLASS_NAMES
+    assert model["train_counts"] == CLASS_COUNTS and model["groups"] == ["many", "medium", "few"]
+    assert model["group_rule"]["rule"] == "count" and model["preprocessing"]["input_size"] == [3, 32, 32]
+    assert (model["method"], model["dataset"]) == ("ce", "toy-lt")
+    assert body["default_model"] == "tiny.onnx"
+    assert body["generator"]["available"] and body["generator"]["source"].endswith("generator")
+    assert body["limits"]["max_batch"] == 4 and body["limits"]["max_body_bytes"] == max_body_bytes(LIMITS)
+
+
+def test_health_and_docs(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["models"] == 1 and health["generator"]["available"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/classify", "/v1/generate", "/v1/models", "/healthz"} <= set(paths)
+    assert paths["/v1/classify"]["post"]["summary"] and "413" in paths["/v1/classify"]["post"]["responses"]
+    assert client.get("/docs").status_code == 200
+
+
+# --- The command line -------------------------------------------------------------------------------
+
+
+def test_serve_cli_help():
+    result = subprocess.run([sys.executable, "-m", "inference", "serve", "--help"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and "--models-dir" in result.stdout and "--max-pixels" in result.stdout
+
+
+def test_serve_cli_answers_health(models_dir, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    # Run from an empty folder: no model_zoo/cifar10_lt_generator there, so no generator by default.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "inference", "serve", "--models-dir", str(models_dir),
+                                    "--port", str(port), "--max-batch", "2"], cwd=tmp_path, env=env,
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        health = None
+        deadline = time.monotonic() + 60
+        while health is None:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health["models"] == 1 and not health["generator"]["available"]
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()["limits"]["max_batch"] == 2
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert f"http://127.0.0.1:{port}/docs" in log.read_text()
