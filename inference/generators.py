@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 import torchvision_compat  # noqa: F401  (before diffusers, which imports torchvision)
+from inference.hub import HubError, resolve_generator_source
 
 GENERATOR_FORMAT = "longtail_studio.generator/1"
 DEFAULT_PROMPT_TEMPLATE = "A photo of a {class}."
@@ -242,7 +243,12 @@ def _read_prompts(path: str, class_names: list[str]) -> dict:
 def open_generator(source: str | Path, class_names: list[str] | None = None, image_size: int | None = None,
                    revision: str | None = None, device: str = "cpu", **text_to_image_options):
     """A folder with generator.json → our class-conditional model; anything else → a text-to-image model
-    (a local diffusers folder or a Hub model id), which needs the class names and the output image size."""
+    (a local diffusers folder or a Hub model id), which needs the class names and the output image size.
+    An hf://owner/name@<commit sha>[/folder] reference to a generator is downloaded first (inference.hub)."""
+    try:
+        source, revision = resolve_generator_source(str(source), revision)
+    except HubError as error:  # callers handle one error type
+        raise GeneratorError(str(error)) from error
     path = Path(source)
     if (path / "generator.json").is_file():
         generator = ClassConditionalGenerator.load(path, device)

@@ -114,3 +114,28 @@ def train_interrupted_and_resumed(config_path: str, overrides: list[str], work: 
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
     trainer.train(trainer.resume_config(work / "resumed", config_path, overrides), work / "resumed", resume=True)
     return work / "straight", work / "resumed"
+
+
+def write_tiny_generator(folder, class_names, size=16):
+    """A random, untrained class-conditional generator in the format `train-generator` writes (unet/,
+    scheduler/, generator.json, README.md): seconds to build and to sample from, useless pictures."""
+    import json
+
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    from inference.generators import GENERATOR_FORMAT
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8, num_class_embeds=len(class_names) + 1)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    DDIMScheduler(num_train_timesteps=100, steps_offset=1, clip_sample=True).save_pretrained(folder / "scheduler")
+    info = {"format": GENERATOR_FORMAT, "name": "tiny_generator", "class_names": list(class_names),
+            "class_counts": [10] * len(class_names), "dataset": "toy-lt", "image_size": size,
+            "null_class_index": len(class_names), "default_steps": 2, "default_guidance": 1.0}
+    (folder / "generator.json").write_text(json.dumps(info, indent=1))
+    (folder / "README.md").write_text("# tiny_generator\n\nRandom weights, for tests.\n")
+    return folder

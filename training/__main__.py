@@ -8,6 +8,7 @@
     python -m training train-generator --config configs/generator/cifar10_lt.yaml --output-dir DIR [--resume]
     python -m training synthesize --generator DIR_OR_HUB_ID --config configs/cifar10_lt/ce.yaml --output DIR
     python -m training check-synthetic --synthetic DIR --model model.onnx [--sample-per-class N]
+    python -m training push --checkpoint DIR_OR_ONNX_OR_GENERATOR --repo-id owner/name [--dry-run DIR]
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--model", required=True, help="an exported .onnx classifier with the same classes")
     check.add_argument("--sample-per-class", type=int, help="check only the first N images of every class")
     check.add_argument("--output", help="also write the report as JSON here")
+
+    push = commands.add_parser("push", help="publish a classifier or generator on the Hugging Face Hub and print "
+                                            "its pinned hf:// reference")
+    push.add_argument("--checkpoint", required=True,
+                      help="a run directory (exported to ONNX first), an exported .onnx file, or a generator folder")
+    push.add_argument("--repo-id", required=True, help="owner/name on the Hub (created if it does not exist)")
+    push.add_argument("--which", choices=("best", "last"), default="best", help="for a run directory")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--branch", help="push to this branch (created if needed) instead of main")
+    push.add_argument("--commit-message")
+    push.add_argument("--dry-run", metavar="OUT_DIR", help="write the repo content to OUT_DIR and upload nothing")
     return parser
 
 
@@ -110,6 +122,7 @@ def main(argv=None) -> int:
     from training.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.export import ExportError
+    from training.push import PushError
 
     try:
         if args.command == "train":
@@ -142,6 +155,11 @@ def main(argv=None) -> int:
             from training.synthesize import check_synthetic_from_args
 
             check_synthetic_from_args(args)
+        elif args.command == "push":
+            from training.push import push
+
+            push(args.checkpoint, args.repo_id, args.which, args.private, args.branch, args.commit_message,
+                 args.dry_run)
     except KeyboardInterrupt:
         if args.command == "synthesize":
             print(f"\ninterrupted; every finished batch is kept. Run the same command again to continue "
@@ -153,7 +171,7 @@ def main(argv=None) -> int:
               f"Continue with:\n  python -m training {args.command} --output-dir {args.output_dir} --resume",
               file=sys.stderr)
         return 130
-    except (ConfigError, CheckpointError, ExportError, ImageLoadError, GeneratorError) as error:
+    except (ConfigError, CheckpointError, ExportError, ImageLoadError, GeneratorError, PushError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
