@@ -1,8 +1,19 @@
-"""LongTail Studio demo: classify images with an exported model and read its model card.
+"""LongTail Studio demo: classify images with an exported model, read its model card, and generate
+synthetic samples of its tail classes.
 
     python app.py                                   # http://127.0.0.1:7860
     LONGTAIL_MODELS_DIR=runs/exports python app.py  # another folder of .onnx files
     GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=8080 python app.py
+
+Configuration (environment variables, also the "Variables" of a Hugging Face Space):
+
+    LONGTAIL_MODELS_DIR          folder of exported .onnx models (default: model_zoo/)
+    LONGTAIL_HUB_MODELS          comma-separated hf://owner/repo@<commit>/file.onnx models, fetched at start-up
+    LONGTAIL_GENERATOR           the tail-sample generator: our class-conditional folder (default:
+                                 model_zoo/cifar10_lt_generator), an hf:// reference to one, or a diffusers
+                                 text-to-image model (local folder or Hub id)
+    LONGTAIL_GENERATOR_REVISION  the commit of a text-to-image Hub model
+    LONGTAIL_PROMPT_TEMPLATE     the text-to-image prompt, default "A photo of a {class}."
 
 API (gradio_client), one call for any number of images:
 
@@ -10,8 +21,11 @@ API (gradio_client), one call for any number of images:
     client = Client("http://127.0.0.1:7860/")
     gallery, label, bars, summary, messages, records = client.predict(
         "cifar10_lt_ce_resnet32.onnx", [handle_file("cat.png")], 5, api_name="/classify")
+    gallery, zip_file, summary, records = client.predict(
+        "cifar10_lt_ce_resnet32.onnx", "frog", 4, 10, 0, 3.0, api_name="/generate")
 
-`records` is the same JSON as `python -m inference predict` prints: one object per image.
+`records` of /classify is the same JSON as `python -m inference predict` prints: one object per image;
+/generate's says, for every image, its seed and what the model recognises in it.
 `client.predict("cifar10_lt_ce_resnet32.onnx", api_name="/model_card")` returns the card's
 summary (Markdown), class histogram and accuracy table (HTML).
 """
@@ -24,38 +38,53 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home at l
 
 import torchvision_compat  # noqa: E402,F401  (must run before anything imports torchvision)
 
+import collections  # noqa: E402
 import html  # noqa: E402
 import logging  # noqa: E402
-import threading  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from inference.classifier import (  # noqa: E402
-    ClassScore,
-    MODEL_ERRORS,
-    OnnxClassifier,
-    Prediction,
-    describe,
-    list_models,
-    load_images,
-    resolve_model,
-)
+from inference.classifier import ClassScore, OnnxClassifier, Prediction, describe  # noqa: E402
 from inference.images import ImageLoadError  # noqa: E402
 from inference.metadata import GROUP_DISPLAY, GROUPS, ModelCard  # noqa: E402
 from inference.model_card import evaluation_columns, group_accuracy, group_rule_text  # noqa: E402
+from inference.service import (  # noqa: E402
+    ClassChoice,
+    Generation,
+    GeneratorService,
+    Limits,
+    ModelCatalog,
+    RequestError,
+    Studio,
+)
+
+try:  # Hugging Face ZeroGPU Spaces lend a GPU only to functions decorated with spaces.GPU
+    import spaces
+
+    on_gpu = spaces.GPU
+except ImportError:
+    def on_gpu(function):
+        return function
 
 APP_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_DIR = APP_DIR / "model_zoo"
-DEFAULT_MODEL = "cifar10_lt_ce_resnet32.onnx"
+DEFAULT_GENERATOR = APP_DIR / "model_zoo" / "cifar10_lt_generator"
 DEFAULT_EXAMPLES_DIR = APP_DIR / "examples"
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# ONNX Runtime already spreads one request over every core, so running requests side by side
-# would only make each of them slower.
-CONCURRENCY_LIMIT = 1
+# ONNX Runtime already spreads one request over every core, so running classifications side by side
+# would only make each of them slower. Generation has its own queue, so a classification never waits
+# behind a generation.
+CLASSIFY_CONCURRENCY = 1
+GENERATE_CONCURRENCY = 1
+QUEUE_SIZE = 64  # requests waiting beyond this are turned away with "queue full"
 MAX_TOP_K = 20
-MAX_UPLOAD_SIZE = "25mb"  # per file; larger uploads are refused by Gradio before they reach us
+LIMITS = Limits(max_upload_bytes=25 * 2**20, max_batch=64, max_generate=16, max_steps=100)
+MAX_UPLOAD_SIZE = f"{LIMITS.max_upload_bytes // 2**20}mb"  # larger uploads are refused by Gradio itself
+MAX_GUIDANCE = 15.0
+KEPT_DOWNLOADS = 32  # zip files of recent generations kept on disk for download
 THUMBNAIL_SIZE = (384, 384)
 # Okabe-Ito colours: distinguishable with the common forms of colour blindness.
 GROUP_COLOURS = {"many": "#0072B2", "medium": "#E69F00", "few": "#CC79A7"}
@@ -199,47 +228,79 @@ def prediction_markdown(image_name: str, prediction: Prediction) -> str:
     return f"**{name}** · {details}  \nprobability {best.probability:.2f} for `{image_name}`"
 
 
-# --- Model loading --------------------------------------------------------------------------
+# --- Generation rendering ---------------------------------------------------------------------
 
 
-class ModelCache:
-    """One `OnnxClassifier` per model file, reloaded when the file changes."""
+def class_choice_label(choice: ClassChoice) -> str:
+    """The class picker's entry, e.g. "frog · tail · 232 training images"."""
+    if choice.group is None:
+        return choice.name
+    noun = "image" if choice.train_count == 1 else "images"
+    return f"{choice.name} · {GROUP_DISPLAY[choice.group]} · {choice.train_count:,} training {noun}"
 
-    def __init__(self, models_dir: Path):
-        self.models_dir = models_dir
-        self._loaded: dict[Path, tuple[int, OnnxClassifier]] = {}
-        self._lock = threading.Lock()
 
-    def names(self) -> list[str]:
-        return [path.name for path in list_models(self.models_dir)]
+def generated_caption(generation: Generation, index: int) -> str:
+    recognition = generation.recognitions[index]
+    text = recognition.caption()
+    if not recognition.matches and recognition.intended_probability is not None:
+        text += f" ({generation.settings['class_name']} {recognition.intended_probability:.2f})"
+    return text
 
-    def get(self, name: str) -> OnnxClassifier:
-        path = resolve_model(self.models_dir, name)
-        mtime = path.stat().st_mtime_ns
-        with self._lock:
-            cached = self._loaded.get(path)
-            if cached is None or cached[0] != mtime:
-                cached = (mtime, OnnxClassifier(path))
-                self._loaded[path] = cached
-            return cached[1]
+
+def generation_summary(generation: Generation) -> str:
+    settings = generation.settings
+    wanted = settings["class_name"]
+    recognised = sum(r.matches for r in generation.recognitions)
+    if all(r.intended_probability is None for r in generation.recognitions):
+        verdict = f"`{settings['model']}` does not know the class {wanted}, so it cannot judge these images."
+    else:
+        verdict = (f"**{recognised} of {len(generation.images)}** recognised as {wanted} by `{settings['model']}`: "
+                   "those are the samples most likely to help as extra tail data.")
+    images = "1 image" if settings["count"] == 1 else f"{settings['count']} images"
+    return (f"{verdict}  \n{images}, seed {settings['seed']}, {settings['steps']} steps, "
+            f"guidance {settings['guidance']:g}, generator `{settings['generator'].get('model_id')}`.")
 
 
 # --- The app --------------------------------------------------------------------------------
 
 
-def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | None = None) -> gr.Blocks:
+def build_studio(models_dir: str | Path | None = None, generator: str | Path | None = None) -> Studio:
+    """The app's backend from arguments, else the environment (see the module docstring), else the defaults."""
     models_dir = Path(models_dir or os.environ.get("LONGTAIL_MODELS_DIR") or DEFAULT_MODELS_DIR)
+    hub_refs = [ref.strip() for ref in os.environ.get("LONGTAIL_HUB_MODELS", "").split(",") if ref.strip()]
+    generator = generator or os.environ.get("LONGTAIL_GENERATOR") or (
+        DEFAULT_GENERATOR if DEFAULT_GENERATOR.is_dir() else None)
+    options = {}
+    if os.environ.get("LONGTAIL_PROMPT_TEMPLATE"):
+        options["prompt_template"] = os.environ["LONGTAIL_PROMPT_TEMPLATE"]
+    service = GeneratorService(generator, revision=os.environ.get("LONGTAIL_GENERATOR_REVISION") or None,
+                               text_to_image_options=options)
+    return Studio(ModelCatalog(models_dir, hub_refs), service, LIMITS)
+
+
+@on_gpu
+def run_generation(studio: Studio, model_name, class_name, count, steps, seed, guidance, progress) -> Generation:
+    """The only function that needs a GPU: on ZeroGPU Spaces it is lent one for the duration of the call."""
+    return studio.generate(model_name, class_name, count=count, seed=seed, steps=steps, guidance=guidance,
+                           progress=progress)
+
+
+def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | None = None,
+              generator: str | Path | None = None, studio: Studio | None = None) -> gr.Blocks:
+    studio = studio or build_studio(models_dir, generator)
+    catalog = studio.catalog
     examples_dir = Path(examples_dir or DEFAULT_EXAMPLES_DIR)
-    cache = ModelCache(models_dir)
-    model_names = cache.names()
+    model_names = catalog.names()
+    downloads_dir = Path(tempfile.mkdtemp(prefix="longtail_downloads_"))
+    recent_downloads: collections.deque[Path] = collections.deque()
 
     def load_model(model_name: str | None) -> OnnxClassifier:
         if not model_name:
-            raise gr.Error(f"No model selected. Put exported .onnx files in {models_dir}.")
+            raise gr.Error(f"No model selected. Put exported .onnx files in {catalog.models_dir}.")
         try:
-            return cache.get(model_name)
-        except MODEL_ERRORS as error:
-            raise gr.Error(f"Cannot use model {model_name}: {error}") from error
+            return catalog.get(model_name)
+        except RequestError as error:
+            raise gr.Error(str(error)) from error
 
     def selected_outputs(state: dict, index: int):
         items = state.get("items") or []
@@ -257,7 +318,13 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
         """Classify every uploaded image; returns gallery, top-k label, class bars, summary, messages and JSON records."""
         classifier = load_model(model_name)
         files = files or []
-        loaded = load_images(files)
+        if not files:
+            state = {"items": []}
+            return [], None, "", "", "Upload one or more images to classify them.", [], state
+        try:
+            loaded = studio.load_images(files)
+        except RequestError as error:
+            raise gr.Error(str(error)) from error
         results = classifier.predict_loaded(loaded, top_k=int(top_k))
 
         records, items, gallery, problems = [], [], [], []
@@ -274,14 +341,11 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
             thumbnail.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
             gallery.append((thumbnail, caption(prediction)))
 
+        messages = ""
         if problems:
             messages = f"**Could not read {len(problems)} of {len(files)} files:**\n\n" + "\n".join(
                 f"- {problem}" for problem in problems
             )
-        elif not files:
-            messages = "Upload one or more images to classify them."
-        else:
-            messages = ""
         state = {"items": items}
         label, bars, summary = selected_outputs(state, 0)
         return gallery, label, bars, summary, messages, records, state
@@ -292,21 +356,65 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
     def model_card(model_name: str | None):
         """The model card of one model file: summary (Markdown), training histogram and accuracy table (HTML)."""
         if not model_name:
-            return no_models_message(models_dir), "", ""
+            return no_models_message(catalog.models_dir), "", ""
         classifier = load_model(model_name)
         card = classifier.card
         return card_markdown(card, classifier), histogram_html(card), metrics_html(card)
 
-    with gr.Blocks(title="LongTail Studio") as demo:
+    def class_options(model_name: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        options = [(class_choice_label(choice), choice.name) for choice in studio.class_choices(model_name)]
+        return options, options[0][1] if options else None
+
+    def generator_classes(model_name: str | None):
+        """The classes the generator can make, tail classes first, marked with the model's training counts."""
+        options, first = class_options(model_name)
+        return gr.Dropdown(choices=options, value=first)
+
+    def generate(model_name: str | None, class_name: str | None, count: float, steps: float, seed: float,
+                 guidance: float, progress=gr.Progress()):  # noqa: B008  (Gradio's way to ask for a progress bar)
+        """Generate images of one class; returns gallery (captioned with what the model recognises), zip, summary, records."""
+        if not class_name:
+            raise gr.Error("Pick a class to generate.")
+        load_model(model_name)
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="Denoising", unit="steps")
+
+        try:
+            generation = run_generation(studio, model_name, class_name, int(count), int(steps), int(seed),
+                                        float(guidance), report)
+        except RequestError as error:
+            raise gr.Error(str(error)) from error
+        gallery = [(image, generated_caption(generation, i)) for i, image in enumerate(generation.images)]
+        return gallery, save_download(generation), generation_summary(generation), generation.to_dict()
+
+    def save_download(generation: Generation) -> str:
+        settings = generation.settings
+        folder = Path(tempfile.mkdtemp(dir=downloads_dir))
+        path = folder / f"{settings['class_name']}_seed{settings['seed']}.zip".replace("/", "_")
+        path.write_bytes(generation.zip_bytes())
+        recent_downloads.append(path)
+        while len(recent_downloads) > KEPT_DOWNLOADS:
+            old = recent_downloads.popleft()
+            old.unlink(missing_ok=True)
+            old.parent.rmdir()
+        return str(path)
+
+    default_steps, default_guidance = studio.generator.defaults()
+    generator_note = generator_status_markdown(studio)
+
+    with gr.Blocks(title="LongTail Studio", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# LongTail Studio\nClassify images with a model trained on long-tailed data. Each prediction "
             "says whether the class was a **head** (many training images), **medium** or **tail** "
-            "(few training images) class, because accuracy on tail classes is usually much lower."
+            "(few training images) class, because accuracy on tail classes is usually much lower. "
+            "**Generate** makes synthetic images of a class, to top up its tail."
         )
         if not model_names:
-            gr.Markdown(no_models_message(models_dir))
-        default = DEFAULT_MODEL if DEFAULT_MODEL in model_names else next(iter(model_names), None)
-        model = gr.Dropdown(choices=model_names, value=default, label="Model", interactive=True)
+            gr.Markdown(no_models_message(catalog.models_dir))
+        for problem in catalog.problems:
+            gr.Markdown(f"**A Hub model could not be loaded:** {problem}")
+        model = gr.Dropdown(choices=model_names, value=catalog.default(), label="Model", interactive=True)
         state = gr.State({"items": []})
 
         with gr.Tab("Classify"):
@@ -328,6 +436,28 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
                     bars = gr.HTML(label="All classes")
             records = gr.JSON(label="Raw predictions (all images)")
 
+        with gr.Tab("Generate"):
+            gr.Markdown(generator_note)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    # Custom values are allowed so an API caller may name any class of another model; the
+                    # service checks the name against the generator with a clear message.
+                    options, first = class_options(catalog.default())
+                    class_name = gr.Dropdown(options, value=first, label="Class (tail classes first)",
+                                             interactive=True, allow_custom_value=True)
+                    count = gr.Slider(1, LIMITS.max_generate, value=4, step=1, label="Number of images")
+                    steps = gr.Slider(1, LIMITS.max_steps, value=default_steps, step=1, label="Denoising steps")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                    guidance = gr.Slider(0, MAX_GUIDANCE, value=default_guidance, step=0.5,
+                                         label="Guidance (1 = none; higher follows the class more closely)")
+                    generate_button = gr.Button("Generate", variant="primary")
+                with gr.Column(scale=2):
+                    generated = gr.Gallery(label="Generated images, as the model recognises them", columns=4,
+                                           object_fit="contain", height="auto")
+                    generation_text = gr.Markdown()
+                    download = gr.File(label="Download (PNGs + generation.json)")
+            generation_records = gr.JSON(label="Seeds and recognition (all images)")
+
         with gr.Tab("Model card"):
             card_summary = gr.Markdown(label="Card")
             gr.Markdown("#### Training images per class")
@@ -341,9 +471,12 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
             inputs=[model, files, top_k],
             outputs=[gallery, label, bars, summary, messages, records, state],
             api_name="classify",
+            concurrency_id="classify",
+            concurrency_limit=CLASSIFY_CONCURRENCY,
         )
         gallery.select(
-            select_image, inputs=[state], outputs=[label, bars, summary], api_name="select_image", api_visibility="private"
+            select_image, inputs=[state], outputs=[label, bars, summary], api_name="select_image",
+            api_visibility="private", queue=False,
         )
         gr.on(
             triggers=[demo.load, model.change],
@@ -351,10 +484,39 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
             inputs=[model],
             outputs=[card_summary, histogram, metrics],
             api_name="model_card",
+            concurrency_id="classify",
+        )
+        gr.on(
+            triggers=[demo.load, model.change],
+            fn=generator_classes,
+            inputs=[model],
+            outputs=[class_name],
+            api_name="generator_classes",
+            concurrency_id="classify",
+        )
+        generate_button.click(
+            generate,
+            inputs=[model, class_name, count, steps, seed, guidance],
+            outputs=[generated, download, generation_text, generation_records],
+            show_progress_on=[generated],
+            api_name="generate",
+            concurrency_id="generate",
+            concurrency_limit=GENERATE_CONCURRENCY,
         )
 
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT)
+    demo.queue(default_concurrency_limit=CLASSIFY_CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
+
+
+def generator_status_markdown(studio: Studio) -> str:
+    status = studio.generator.describe()
+    if not status["available"]:
+        return (f"**Generation is not available:** {status['error']}. Set `LONGTAIL_GENERATOR` to a generator "
+                "folder, an hf:// reference or a text-to-image model id (see README).")
+    source = Path(status["source"])
+    shown = source.relative_to(APP_DIR) if source.is_absolute() and source.is_relative_to(APP_DIR) else source
+    return (f"Generator: `{shown}`. Each image is classified by the model picked above: "
+            "*recognised as frog · 0.82* means the model takes it for a frog with probability 0.82.")
 
 
 def no_models_message(models_dir: Path) -> str:

@@ -1,7 +1,10 @@
 """The Gradio app: HTML helpers, building, and the /classify and /model_card API end to end."""
 
+import json
 import re
 import socket
+import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -180,3 +183,126 @@ def test_selecting_a_gallery_image_shows_its_details(tmp_path_factory, tmp_path)
     label, bars, summary = functions["select_image"](state, gr.SelectData(None, {"index": 1, "value": None}))
     assert "image1.png" in summary
     assert label == {s["name"]: s["probability"] for s in records[1]["top_k"]}
+
+
+# --- the Generate view ----------------------------------------------------------------------
+
+
+def test_class_choice_labels_and_generation_captions():
+    from inference.service import ClassChoice, Generation, Recognition
+
+    assert app.class_choice_label(ClassChoice("bird", 2, 7, "few")) == "bird · tail · 7 training images"
+    assert app.class_choice_label(ClassChoice("x", 0, None, None)) == "x"
+    generation = Generation(
+        images=[Image.new("RGB", (8, 8))] * 2,
+        recognitions=[Recognition("bird", "bird", 0.82, 0.82), Recognition("bird", "dog", 0.6, 0.25)],
+        settings={"class_name": "bird", "count": 2, "seed": 3, "first_index": 0, "steps": 2, "guidance": 1.0,
+                  "seeds": [1, 2], "model": "tiny.onnx", "generator": {"model_id": "tiny"}},
+    )
+    assert app.generated_caption(generation, 0) == "recognised as bird · 0.82"
+    assert app.generated_caption(generation, 1) == "recognised as dog · 0.60 (bird 0.25)"
+    assert "**1 of 2** recognised as bird" in app.generation_summary(generation)
+
+
+@pytest.fixture(scope="module")
+def generator_app(tmp_path_factory):
+    """A built app with the tiny model and a tiny random class-conditional generator for its classes."""
+    from conftest import write_tiny_generator
+
+    folder = tmp_path_factory.mktemp("zoo_gen")
+    write_model(tiny_net_path(tmp_path_factory), folder / "tiny.onnx", make_card())
+    generator = write_tiny_generator(tmp_path_factory.mktemp("generator") / "tiny", ["cat", "dog", "bird"])
+    return app.build_app(folder, examples_dir=tmp_path_factory.mktemp("no_examples"), generator=generator)
+
+
+def test_generate_view_lists_tail_classes_first_and_reports_progress(generator_app):
+    functions = {fn.api_name: fn.fn for fn in generator_app.fns.values()}
+    dropdown = functions["generator_classes"]("tiny.onnx")
+    assert dropdown.choices == [("bird · tail · 7 training images", "bird"), ("dog · medium · 60 training images", "dog"),
+                                ("cat · head · 500 training images", "cat")]
+    assert dropdown.value == "bird"
+
+    calls = []
+    gallery, download, _, records = functions["generate"](
+        "tiny.onnx", "bird", 3, 2, 5, 1.0, lambda value, **kwargs: calls.append(value))
+    assert calls == [(1, 2), (2, 2)]  # the bar follows the denoising steps
+    assert len(gallery) == 3 and all(caption.startswith("recognised as ") for _, caption in gallery)
+    assert [image["seed"] for image in records["images"]] == records["seeds"]
+    with zipfile.ZipFile(download) as archive:
+        names = archive.namelist()
+        assert sorted(names) == ["bird_seed5_000.png", "bird_seed5_001.png", "bird_seed5_002.png", "generation.json"]
+        assert Image.open(archive.open(names[0])).size == (16, 16)
+        assert json.loads(archive.read("generation.json"))["steps"] == 2
+
+    again = functions["generate"]("tiny.onnx", "bird", 1, 2, 5, 1.0, lambda value, **kwargs: None)[0]
+    assert np.array_equal(np.asarray(again[0][0]), np.asarray(gallery[0][0]))  # image 0 does not depend on the count
+
+
+def test_generate_errors_are_messages(generator_app, tmp_path_factory):
+    import gradio as gr
+
+    functions = {fn.api_name: fn.fn for fn in generator_app.fns.values()}
+    with pytest.raises(gr.Error, match="has no class 'zebra'"):
+        functions["generate"]("tiny.onnx", "zebra", 1, 2, 0, 1.0, lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="count must be between 1 and 16"):
+        functions["generate"]("tiny.onnx", "bird", 17, 2, 0, 1.0, lambda *a, **k: None)
+
+    # A text-to-image model that is not in the local cache, with HF_HUB_OFFLINE set (conftest).
+    folder = tmp_path_factory.mktemp("zoo_t2i")
+    write_model(tiny_net_path(tmp_path_factory), folder / "tiny.onnx", make_card())
+    offline = app.build_app(folder, examples_dir=folder, generator="no-such-user/no-such-model")
+    functions = {fn.api_name: fn.fn for fn in offline.fns.values()}
+    assert functions["generator_classes"]("tiny.onnx").choices[0][1] == "bird"  # the model's classes
+    with pytest.raises(gr.Error, match="offline"):
+        functions["generate"]("tiny.onnx", "bird", 1, 2, 0, 1.0, lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def served_generator(generator_app):
+    from gradio_client import Client
+
+    port = free_port()
+    generator_app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        generator_app.close()
+
+
+def test_generate_over_the_api(served_generator):
+    endpoints = served_generator.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/classify", "/model_card", "/generator_classes", "/generate"} <= set(endpoints)
+    assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == [
+        "model_name", "class_name", "count", "steps", "seed", "guidance"]
+
+    gallery, download, summary, records = served_generator.predict(
+        "tiny.onnx", "dog", 2, 2, 0, 1.0, api_name="/generate")
+    assert len(gallery) == 2 and gallery[0]["caption"].startswith("recognised as ")
+    assert zipfile.is_zipfile(download)
+    assert records["class_name"] == "dog" and len(records["images"]) == 2 and "recognised as dog" in summary
+
+
+def test_classification_does_not_wait_for_a_generation(generator_app, served_generator, monkeypatch, tmp_path):
+    """A generation that cannot finish until a classification has been answered: if classification
+    queued behind generation, the generation would wait out its timeout and the test would fail."""
+    from gradio_client import handle_file
+
+    from inference.service import Studio
+
+    started, classified = threading.Event(), threading.Event()
+    original = Studio.generate
+
+    def held_generate(self, *args, **kwargs):
+        started.set()
+        assert classified.wait(60), "classification was held up behind the generation"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Studio, "generate", held_generate)
+    job = served_generator.submit("tiny.onnx", "bird", 1, 2, 0, 1.0, api_name="/generate")
+    assert started.wait(60)
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    records = served_generator.predict("tiny.onnx", [handle_file(image)], 1, api_name="/classify")[-1]
+    classified.set()
+    assert records[0]["prediction"] in ("cat", "dog", "bird")
+    assert len(job.result(timeout=120)[0]) == 1

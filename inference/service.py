@@ -1,0 +1,427 @@
+"""What the Gradio app and the HTTP service share: the models on offer, the tail-sample generator, and
+the limits on what one request may ask for.
+
+    catalog = ModelCatalog("model_zoo", hub_refs=["hf://alice/c10-lt@0123…/model.onnx"])
+    studio = Studio(catalog, GeneratorService("model_zoo/cifar10_lt_generator"), Limits())
+    results = studio.classify("cifar10_lt_ce_resnet32.onnx", [b"…png bytes…"], top_k=5)
+    generation = studio.generate("cifar10_lt_ce_resnet32.onnx", "frog", count=4, seed=0)
+
+Both front ends turn a `RequestError` into their own kind of error: a message in the UI, or an HTTP
+status with a JSON body. Nothing here knows about Gradio or FastAPI.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from inference.classifier import MODEL_ERRORS, OnnxClassifier, Prediction, list_models, resolve_model
+from inference.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, load_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "cifar10_lt_ce_resnet32.onnx"
+Progress = Callable[[int, int], None]  # (finished denoising steps, total steps)
+
+
+class RequestError(ValueError):
+    """A request that cannot be served as asked; `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 25 * 2**20  # per file
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked before decoding the pixels
+    max_batch: int = 32  # images per classification request
+    max_generate: int = 16  # images per generation request
+    max_steps: int = 100  # denoising steps per generation request
+    max_waiting_generations: int = 4  # requests queued behind the one running; more are refused
+
+    @property
+    def max_upload_text(self) -> str:
+        return f"{self.max_upload_bytes / 2**20:g} MB"
+
+
+# --- Models -----------------------------------------------------------------------------------
+
+
+class ModelCatalog:
+    """The classifiers on offer, by file name: the `.onnx` files of a local folder (listed afresh on every
+    call, so a new export shows up without a restart) plus files fetched from the Hugging Face Hub at
+    pinned revisions. Only these names can be opened, so a request cannot reach any other file."""
+
+    def __init__(self, models_dir: str | Path, hub_refs: Sequence[str] = ()):
+        self.models_dir = Path(models_dir)
+        self.hub_models: dict[str, Path] = {}
+        self.problems: list[str] = []  # Hub models that could not be fetched: shown, not fatal
+        for ref in hub_refs:
+            from inference.hub import HubError, hub_file  # only servers that use the Hub need it
+
+            try:
+                path = hub_file(ref)
+            except HubError as error:
+                log.error("%s", error)
+                self.problems.append(str(error))
+                continue
+            if path.name in self.hub_models or path.name in self._local_names():
+                self.problems.append(f"{ref}: a model called {path.name} is already on offer; this one is left out")
+                continue
+            self.hub_models[path.name] = path
+        self._loaded: dict[Path, tuple[int, OnnxClassifier]] = {}
+        self._lock = threading.Lock()
+
+    def _local_names(self) -> list[str]:
+        return [path.name for path in list_models(self.models_dir)]
+
+    def names(self) -> list[str]:
+        return self._local_names() + sorted(self.hub_models)
+
+    def default(self) -> str | None:
+        names = self.names()
+        return DEFAULT_MODEL if DEFAULT_MODEL in names else next(iter(names), None)
+
+    def path(self, name: str) -> Path:
+        if name in self.hub_models:
+            return self.hub_models[name]
+        try:
+            return resolve_model(self.models_dir, name)
+        except ValueError as error:
+            raise RequestError(f"{error}; the models on offer are {self.names()}", status=404) from error
+
+    def get(self, name: str | None) -> OnnxClassifier:
+        """The classifier for a model name (the default model when None), opened once per file version."""
+        name = name or self.default()
+        if name is None:
+            raise RequestError(f"there are no models: put exported .onnx files in {self.models_dir}", status=404)
+        path = self.path(name)
+        mtime = path.stat().st_mtime_ns
+        with self._lock:
+            cached = self._loaded.get(path)
+            if cached is None or cached[0] != mtime:
+                try:
+                    cached = (mtime, OnnxClassifier(path))
+                except MODEL_ERRORS as error:
+                    raise RequestError(f"cannot use model {name}: {error}", status=422) from error
+                self._loaded[path] = cached
+            return cached[1]
+
+
+# --- Generation -------------------------------------------------------------------------------
+
+
+@dataclass
+class Recognition:
+    """What the classifier makes of a generated image: is it useful data for the class it was made for?"""
+
+    intended: str  # the class the image was generated for
+    predicted: str
+    probability: float  # of the predicted class
+    intended_probability: float | None  # None when the classifier does not know the intended class
+
+    @property
+    def matches(self) -> bool:
+        return self.predicted == self.intended
+
+    def caption(self) -> str:
+        return f"recognised as {self.predicted} · {self.probability:.2f}"
+
+    def to_dict(self) -> dict:
+        return {"predicted": self.predicted, "probability": self.probability,
+                "intended_probability": self.intended_probability, "matches": self.matches}
+
+
+@dataclass
+class Generation:
+    images: list[Image.Image]
+    recognitions: list[Recognition]
+    settings: dict  # class, count, seed, steps, guidance, generator, model: enough to make the same images again
+
+    def to_dict(self) -> dict:
+        return {**self.settings, "images": [{"index": self.settings["first_index"] + i, "seed": seed, **r.to_dict()}
+                                            for i, (seed, r) in enumerate(zip(self.settings["seeds"],
+                                                                              self.recognitions))]}
+
+    def file_names(self) -> list[str]:
+        name = self.settings["class_name"].replace("/", "_")
+        return [f"{name}_seed{self.settings['seed']}_{self.settings['first_index'] + i:03d}.png"
+                for i in range(len(self.images))]
+
+    def zip_bytes(self) -> bytes:
+        """The PNGs plus generation.json (settings and recognitions), ready to download."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, image in zip(self.file_names(), self.images):
+                png = io.BytesIO()
+                image.save(png, format="PNG")
+                archive.writestr(name, png.getvalue())
+            archive.writestr("generation.json", json.dumps(self.to_dict(), indent=2))
+        return buffer.getvalue()
+
+
+def recognise(classifier: OnnxClassifier, images: Sequence[Image.Image], intended: str) -> list[Recognition]:
+    names = classifier.class_names
+    intended_index = names.index(intended) if intended in names else None
+    recognitions = []
+    for row in classifier.probabilities(images):
+        best = int(row.argmax())
+        recognitions.append(Recognition(intended, names[best], float(row[best]),
+                                        None if intended_index is None else float(row[intended_index])))
+    return recognitions
+
+
+@dataclass
+class GeneratorService:
+    """The one tail-sample generator of a server, opened on first use and run one request at a time
+    (a generation already uses every core or the whole GPU; side by side they would only slow each other).
+
+    `source` is anything `open_generator` takes: our class-conditional folder, a diffusers text-to-image
+    folder or Hub id (with `revision`), or an hf:// reference. A text-to-image model learns the class
+    names and image size from the classifier whose classes are asked for."""
+
+    source: str | Path | None
+    revision: str | None = None
+    device: str | None = None
+    text_to_image_options: dict = field(default_factory=dict)
+    _generator: object = field(default=None, init=False, repr=False)
+    _error: str | None = field(default=None, init=False, repr=False)
+    _resolved: tuple[str, str | None] | None = field(default=None, init=False, repr=False)
+    _open_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _run_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _waiting: int = field(default=0, init=False, repr=False)
+
+    def _device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def local_source(self) -> tuple[str, str | None]:
+        """The source with an hf:// reference to our generator resolved to its folder in the local cache."""
+        if self._resolved is None:
+            from inference.hub import HubError, resolve_generator_source
+
+            try:
+                self._resolved = resolve_generator_source(str(self.source), self.revision)
+            except HubError as error:
+                self._error = str(error)
+                raise RequestError(f"the generator cannot be used: {error}", status=503) from error
+        return self._resolved
+
+    def is_class_conditional(self) -> bool:
+        return self.source is not None and self._error is None and \
+            (Path(self.local_source()[0]) / "generator.json").is_file()
+
+    def class_conditional_info(self) -> dict | None:
+        """generator.json of our class-conditional generator, read without loading the UNet (so the app can
+        list classes and defaults before the first generation); None for other generators."""
+        try:
+            if self.source is None or not self.is_class_conditional():
+                return None
+            return json.loads((Path(self.local_source()[0]) / "generator.json").read_text())
+        except (RequestError, OSError, ValueError):
+            return None
+
+    def defaults(self) -> tuple[int, float]:
+        """Default (steps, guidance), known before the generator is loaded."""
+        if self._generator is not None:
+            return self._generator.default_steps, self._generator.default_guidance
+        info = self.class_conditional_info()
+        if info is not None:
+            return int(info.get("default_steps", 20)), float(info.get("default_guidance", 1.0))
+        from inference.generators import TextToImageGenerator
+
+        return TextToImageGenerator.default_steps, TextToImageGenerator.default_guidance
+
+    def generator(self, classifier: OnnxClassifier | None = None):
+        """The opened generator; a failure to open is remembered (so an offline Hub model fails fast) and
+        raised as a `RequestError` with the reason."""
+        if self.source is None:
+            raise RequestError("this server has no generator configured", status=503)
+        with self._open_lock:
+            if self._generator is None and self._error is None:
+                self._generator = self._open(classifier)
+            if self._error is not None:
+                raise RequestError(f"the generator cannot be used: {self._error}", status=503)
+            generator = self._generator
+        if generator.kind == "text_to_image" and classifier is not None:
+            # The pipeline is shared; only the class names and the output size follow the model.
+            generator = replace(generator, class_names=list(classifier.class_names),
+                                image_size=classifier.card.preprocessing.input_size[1])
+        return generator
+
+    def _open(self, classifier: OnnxClassifier | None):
+        from inference.generators import GeneratorError, open_generator
+
+        try:
+            source, revision = self.local_source()
+            if self.is_class_conditional():
+                return open_generator(source, device=self._device())
+            if classifier is None:
+                raise GeneratorError("a text-to-image generator takes its class names from a model; there is none")
+            return open_generator(source, class_names=list(classifier.class_names),
+                                  image_size=classifier.card.preprocessing.input_size[1], revision=revision,
+                                  device=self._device(), **self.text_to_image_options)
+        except RequestError:
+            return None
+        except GeneratorError as error:
+            self._error = str(error)
+            log.error("generator %s cannot be opened: %s", self.source, error)
+            return None
+
+    def describe(self) -> dict:
+        """For /v1/models and the UI, without opening a generator that has not been used yet."""
+        if self.source is None:
+            return {"available": False, "error": "no generator configured"}
+        info = {"source": str(self.source), "revision": self.revision, "loaded": self._generator is not None}
+        if self._error is not None:
+            return {**info, "available": False, "error": self._error}
+        if self._generator is not None:
+            return {**info, "available": True, **self._generator.describe()}
+        return {**info, "available": True}
+
+    def run(self, generate: Callable[[], list[Image.Image]], max_waiting: int) -> list[Image.Image]:
+        """Run one generation at a time; refuse a request when `max_waiting` are already queued."""
+        with self._open_lock:
+            if self._waiting > max_waiting:
+                raise RequestError(f"the generator is busy with {self._waiting} requests; try again shortly",
+                                   status=429)
+            self._waiting += 1
+        try:
+            with self._run_lock:
+                return generate()
+        finally:
+            with self._open_lock:
+                self._waiting -= 1
+
+
+# --- The service ------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassChoice:
+    """One class the generator can make, with what the current model knows about it."""
+
+    name: str
+    index: int
+    train_count: int | None
+    group: str | None
+
+
+class Studio:
+    def __init__(self, catalog: ModelCatalog, generator: GeneratorService | None = None,
+                 limits: Limits | None = None):
+        self.catalog = catalog
+        self.generator = generator or GeneratorService(None)
+        self.limits = limits or Limits()
+
+    # Classification
+
+    def load_images(self, sources: Sequence[ImageSource]) -> list[Image.Image | ImageLoadError]:
+        if not sources:
+            raise RequestError("no images were sent", status=400)
+        if len(sources) > self.limits.max_batch:
+            raise RequestError(f"{len(sources)} images in one request; the limit is {self.limits.max_batch}",
+                               status=413)
+        loaded = []
+        for source in sources:
+            try:
+                loaded.append(load_image(source, max_pixels=self.limits.max_pixels))
+            except ImageLoadError as error:
+                loaded.append(error)
+        return loaded
+
+    def classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5,
+                 ) -> list[Prediction | ImageLoadError]:
+        """One prediction per image, in order; an unreadable image gets its `ImageLoadError` in its place."""
+        classifier = self.catalog.get(model_name)
+        return classifier.predict_loaded(self.load_images(sources), top_k=top_k)
+
+    # Generation
+
+    def class_choices(self, model_name: str | None) -> list[ClassChoice]:
+        """The classes the generator makes, rarest first by the model's training counts (its tail first)."""
+        classifier = self._classifier_or_none(model_name)
+        names = self._generator_class_names(classifier)
+        counts, groups = self._class_statistics(classifier, names)
+        choices = [ClassChoice(name, i, counts.get(name), groups.get(name)) for i, name in enumerate(names)]
+        return sorted(choices, key=lambda c: (c.train_count is None, c.train_count or 0, c.index))
+
+    def _classifier_or_none(self, model_name: str | None) -> OnnxClassifier | None:
+        try:
+            return self.catalog.get(model_name)
+        except RequestError:
+            return None
+
+    def _generator_class_names(self, classifier: OnnxClassifier | None) -> list[str]:
+        info = self.generator.class_conditional_info()
+        if info is not None:
+            return list(info["class_names"])
+        if self.generator.source is None or classifier is None:
+            return []
+        return list(classifier.class_names)  # a text-to-image model makes whatever classes the model knows
+
+    @staticmethod
+    def _class_statistics(classifier: OnnxClassifier | None, names: list[str]) -> tuple[dict, dict]:
+        if classifier is None or not classifier.has_training_counts:
+            return {}, {}
+        card = classifier.card
+        counts = dict(zip(card.class_names, card.class_counts))
+        groups = dict(zip(card.class_names, card.class_groups))
+        return ({n: counts[n] for n in names if n in counts}, {n: groups[n] for n in names if n in groups})
+
+    def generate(self, model_name: str | None, class_name: str, count: int = 4, seed: int = 0,
+                 steps: int | None = None, guidance: float | None = None, first_index: int = 0,
+                 progress: Progress | None = None) -> Generation:
+        """`count` new images of `class_name`, each classified by the model (its confidence in its top class
+        and in the class asked for)."""
+        limits = self.limits
+        if not 1 <= count <= limits.max_generate:
+            raise RequestError(f"count must be between 1 and {limits.max_generate}, not {count}", status=422)
+        if steps is not None and not 1 <= steps <= limits.max_steps:
+            raise RequestError(f"steps must be between 1 and {limits.max_steps}, not {steps}", status=422)
+        if guidance is not None and not 0 <= guidance <= 30:
+            raise RequestError(f"guidance must be between 0 and 30, not {guidance}", status=422)
+        if not 0 <= seed < 2**62 or not 0 <= first_index < 2**31:
+            raise RequestError("seed and first_index must be non-negative integers", status=422)
+        classifier = self.catalog.get(model_name)
+        generator = self.generator.generator(classifier)
+        if class_name not in generator.class_names:
+            raise RequestError(f"the generator has no class {class_name!r}; it makes {generator.class_names}",
+                               status=422)
+        class_index = generator.class_names.index(class_name)
+
+        from inference.generators import GeneratorError
+
+        def sample() -> list[Image.Image]:
+            if hasattr(generator, "bf16"):
+                # fp32 makes an image independent of how many were asked for (bf16 rounding depends on the
+                # batch), and at the app's small batches bf16 is not faster on CPU (docs/benchmarks.md).
+                generator.bf16 = False
+            return generator.generate(class_index, count, seed=seed, steps=steps, guidance=guidance,
+                                      first_index=first_index, progress=progress)
+
+        try:
+            images = self.generator.run(sample, limits.max_waiting_generations)
+        except GeneratorError as error:
+            raise RequestError(str(error), status=422) from error
+        used_steps, used_guidance = generator._settings(class_index, steps, guidance)
+        from inference.generators import image_seeds
+
+        settings = {"class_name": class_name, "class_index": class_index, "count": count, "seed": seed,
+                    "first_index": first_index, "steps": used_steps, "guidance": used_guidance,
+                    "seeds": image_seeds(seed, class_index, first_index, count),
+                    "generator": generator.describe(), "model": classifier.path.name}
+        return Generation(images, recognise(classifier, images, class_name), settings)
