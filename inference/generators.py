@@ -89,7 +89,9 @@ class ClassConditionalGenerator(_Sampling):
             raise GeneratorError(f"{directory}/generator.json is not a LongTail Studio generator "
                                  f"(format {GENERATOR_FORMAT} expected)")
         try:
-            unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True, local_files_only=True)
+            # low_cpu_mem_usage needs accelerate, which we do not install; asking for it only prints a warning.
+            unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True, local_files_only=True,
+                                               low_cpu_mem_usage=False)
             scheduler = DDIMScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
         except (OSError, ValueError) as error:
             raise GeneratorError(f"{directory} holds no loadable UNet / scheduler: {error}") from error

@@ -306,3 +306,22 @@ def test_classification_does_not_wait_for_a_generation(generator_app, served_gen
     classified.set()
     assert records[0]["prediction"] in ("cat", "dog", "bird")
     assert len(job.result(timeout=120)[0]) == 1
+
+
+def test_only_the_generation_function_asks_for_a_zero_gpu(monkeypatch):
+    """On ZeroGPU Spaces the `spaces` package is installed; elsewhere the decorator is a no-op."""
+    import importlib
+    import sys
+    import types
+
+    decorated = []
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda function: decorated.append(function.__name__) or function
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    try:
+        importlib.reload(app)
+        assert decorated == ["run_generation"]
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        importlib.reload(app)
+    assert app.on_gpu(len) is len
