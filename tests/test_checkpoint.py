@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -127,3 +128,100 @@ def test_resume_keeps_the_saved_config(tmp_path, tiny_config_overrides):
         trainer.resume_config(run, None, ["optim.lr=0.3"])
     config = trainer.resume_config(run, None, ["run.threads=1", "data.root=elsewhere.npz"])
     assert config.run.threads == 1 and config.data.root == "elsewhere.npz" and config.optim.epochs == 1
+
+
+# A training process that SIGKILLs itself in the middle of an epoch: after `kill_at_step` optimizer steps of
+# epoch `die_in_epoch`, with weights and optimizer state half-updated in memory, like a preempted machine.
+KILLED_MID_EPOCH = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import torchvision_compat
+import training.train as trainer
+from training.__main__ import main
+
+real_epoch, calls = trainer.train_one_epoch, []
+
+class DyingLoader:
+    def __init__(self, loader):
+        self.loader = loader
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        for step, batch in enumerate(self.loader):
+            if step == {kill_at_step}:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield batch
+
+def dying_epoch(model, method, loader, *args, **kwargs):
+    calls.append(1)
+    return real_epoch(model, method, DyingLoader(loader) if len(calls) == {die_in_epoch} else loader, *args, **kwargs)
+
+trainer.train_one_epoch = dying_epoch
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_mid_epoch_then_resume_reaches_the_same_weights(tmp_path, tiny_config_overrides):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    overrides = [item for pair in tiny_config_overrides + ["optim.epochs=3", "run.deterministic=true", "run.threads=1"]
+                 for item in ("--set", pair)]
+
+    def train(output_dir, *extra, script=None):
+        command = [sys.executable, "-c", script] if script else [sys.executable, "-m", "training"]
+        return subprocess.run([*command, "train", "--config", CONFIG, *overrides, "--output-dir", str(output_dir),
+                               *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+    straight = train(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = train(tmp_path / "resumed", script=KILLED_MID_EPOCH.format(root=str(REPO_ROOT), die_in_epoch=2,
+                                                                         kill_at_step=2))
+    assert killed.returncode == -9, killed.stderr[-2000:]  # really killed, no chance to clean up
+    # What the kill left on disk is the complete epoch-1 checkpoint, nothing half-written.
+    assert load_checkpoint(tmp_path / "resumed", "last")[1]["epoch"] == 1
+    assert not [p.name for p in (tmp_path / "resumed").iterdir() if ".tmp" in p.name]
+
+    resumed = train(tmp_path / "resumed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
+    expected, got = load_checkpoint(tmp_path / "straight", "last")[0], load_checkpoint(tmp_path / "resumed", "last")[0]
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_the_cli_turns_bad_checkpoints_and_configs_into_one_line_errors(tmp_path, tiny_config_overrides, capsys):
+    from training.__main__ import main
+
+    sets = [item for pair in tiny_config_overrides + ["optim.epochs=1"] for item in ("--set", pair)]
+    run = tmp_path / "run"
+    assert main(["train", "--config", CONFIG, *sets, "--output-dir", str(run)]) == 0
+    capsys.readouterr()
+
+    def fails_with(argv, message):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+    fails_with(["train", "--config", CONFIG, *sets, "--set", "optim.lrr=0.1", "--output-dir", str(tmp_path / "x")],
+               "optim.lrr")
+    fails_with(["train", "--config", CONFIG, *sets, "--output-dir", str(run)], "already holds a run")
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(run, mismatched)
+    info = json.loads((mismatched / "last.json").read_text())
+    save_checkpoint(mismatched / "last", create_model("resnet32", 5), info)  # another model's weights
+    for argv in (["train", "--output-dir", str(mismatched), "--resume"],
+                 ["evaluate", "--checkpoint", str(mismatched), "--which", "last"],
+                 ["export", "--checkpoint", str(mismatched), "--which", "last", "--output", str(tmp_path / "m.onnx")]):
+        fails_with(argv, "does not fit this model")
+
+    (run / "last.json").write_text("{not json")
+    for argv in (["train", "--output-dir", str(run), "--resume"],
+                 ["evaluate", "--checkpoint", str(run), "--which", "last"]):
+        fails_with(argv, "corrupt")
