@@ -12,6 +12,7 @@ was trained. A foreign model without that metadata is refused unless class names
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +37,9 @@ DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 BATCH_SIZE = 64
+# Resizing the shorter side scales the longer one too: a 2-kilobyte 1×2,000,000 PNG, well under the pixel limit,
+# would become a 36×72,000,000 image (10 GB). Above this many pixels only the part the centre crop keeps is resized.
+MAX_RESIZED_PIXELS = 2**22
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -273,21 +277,52 @@ def preprocess(images: Sequence[Image.Image], preprocessing: Preprocessing) -> n
     std = np.asarray(preprocessing.std, dtype=np.float32).reshape(3, 1, 1)
     batch = np.empty((len(images), 3, height, width), dtype=np.float32)
     for i, image in enumerate(images):
-        image = _center_crop(_resize_shorter_side(to_rgb(image), preprocessing.resize_to, interpolation), height, width)
+        image = _resize_and_crop(to_rgb(image), preprocessing.resize_to, interpolation, height, width)
         # Multiplying by 1/255 (not dividing by 255) is what training's v2.ToDtype(scale=True) does.
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)
         batch[i] = (pixels - mean) / std
     return batch
 
 
-def _resize_shorter_side(image: Image.Image, size: int, interpolation: Image.Resampling) -> Image.Image:
+def _resize_and_crop(image: Image.Image, size: int, interpolation: Image.Resampling, height: int, width: int,
+                     ) -> Image.Image:
     w, h = image.size
+    new_w, new_h = _shorter_side_size(w, h, size)
+    if new_w * new_h <= MAX_RESIZED_PIXELS:
+        return _center_crop(_resize_shorter_side(image, size, interpolation), height, width)
+    # An extreme aspect ratio: resize only the window the centre crop keeps, from only the source pixels the
+    # filter reaches. PIL's `box` maps that window onto the output with the scale and filter taps of the whole
+    # resize, so the result differs from resize-then-crop by float rounding only: a level at most, or with
+    # "nearest" the neighbouring source pixel where a sample falls exactly between two.
+    keep_w, keep_h = min(width, new_w), min(height, new_h)
+    left, top = round((new_w - keep_w) / 2.0), round((new_h - keep_h) / 2.0)
+    x_first, x_last, box_left, box_right = _source_span(left, keep_w, w / new_w, w)
+    y_first, y_last, box_top, box_bottom = _source_span(top, keep_h, h / new_h, h)
+    source = image.crop((x_first, y_first, x_last, y_last))
+    window = source.resize((keep_w, keep_h), interpolation, box=(box_left, box_top, box_right, box_bottom))
+    return _center_crop(window, height, width)
+
+
+def _source_span(offset: int, length: int, scale: float, source_length: int) -> tuple[int, int, float, float]:
+    """The source pixels that output pixels [offset, offset + length) of a resize by 1/scale read: first, last, and
+    the window's edges relative to first."""
+    start, end = offset * scale, min((offset + length) * scale, source_length)  # not past the edge by a rounding
+    reach = 3 * max(scale, 1) + 2  # the widest filter (Lanczos: 3 pixels, widened when shrinking), and rounding
+    first, last = max(0, int(start - reach)), min(source_length, math.ceil(end + reach))
+    return first, last, start - first, end - first
+
+
+def _shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)  # torchvision truncates the long side
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
+    return (new_short, new_long) if w <= h else (new_long, new_short)
+
+
+def _resize_shorter_side(image: Image.Image, size: int, interpolation: Image.Resampling) -> Image.Image:
+    new_size = _shorter_side_size(*image.size, size)
+    if new_size == image.size:
         return image
-    return image.resize((new_w, new_h), interpolation)
+    return image.resize(new_size, interpolation)
 
 
 def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
@@ -297,8 +332,8 @@ def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
         padded = Image.new("RGB", (max(w, width), max(h, height)))
         padded.paste(image, (max(0, (width - w) // 2), max(0, (height - h) // 2)))
         image, (w, h) = padded, padded.size
-    top = int(round((h - height) / 2.0))
-    left = int(round((w - width) / 2.0))
+    top = round((h - height) / 2.0)
+    left = round((w - width) / 2.0)
     return image.crop((left, top, left + width, top + height))
 
 

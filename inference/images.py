@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -48,7 +49,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         try:
             image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageTooLargeError(f"{name} has too many pixels to decode safely ({error}).") from error
+            raise _refused_by_pil(name, error, max_pixels) from error
         except UnidentifiedImageError as error:
             raise ImageLoadError(
                 f"{name} is not an image file that can be read (supported: PNG, JPEG, GIF, WebP, BMP, TIFF)."
@@ -67,7 +68,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             image.seek(0)  # animated GIF/WebP/APNG: the first frame
             image.load()  # decoding is lazy; force it so truncated files fail here
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageTooLargeError(f"{name} has too many pixels to decode safely ({error}).") from error
+            raise _refused_by_pil(name, error, max_pixels) from error
         except (OSError, SyntaxError, ValueError, EOFError) as error:
             raise ImageLoadError(f"{name} is truncated or corrupt and cannot be decoded ({error}).") from error
 
@@ -76,6 +77,19 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     except (OSError, SyntaxError, ValueError, TypeError, KeyError) as error:
         raise ImageLoadError(f"{name} has corrupt EXIF metadata ({error}).") from error
     return to_rgb(image)
+
+
+def _refused_by_pil(name: str, error: Exception, max_pixels: int) -> ImageTooLargeError:
+    # PIL's guard fires inside Image.open, before we can read the size; its message holds the pixel count.
+    # An image it refuses is above PIL's limit, so above the lower of PIL's and ours: name that one, in the
+    # words of the check after opening (PIL's own message speaks of its limit and a "DOS attack").
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f" {int(found[1]) / 1e6:.1f} megapixels," if found else ""
+    return ImageTooLargeError(
+        f"{name} has too many pixels to decode safely:{size} above the limit of {limit / 1e6:g} megapixels; "
+        "downscale it first."
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -52,7 +52,7 @@ class ClassScore(BaseModel):
 
 
 class ImagePrediction(BaseModel):
-    image: str = Field(description="the uploaded file name")
+    image: str = Field(description="the uploaded file's name, without any folders")
     prediction: str
     probability: float
     group: str | None
@@ -62,7 +62,7 @@ class ImagePrediction(BaseModel):
 
 
 class ImageError(BaseModel):
-    image: str = Field(description="the uploaded file name")
+    image: str = Field(description="the uploaded file's name, without any folders")
     error: str = Field(description="why the file cannot be used as an image")
 
 
@@ -189,11 +189,11 @@ def create_app(studio: Studio) -> FastAPI:
         readable the answer is 422 with the same records. Files or images over the limits refuse the whole
         request with 413."""
         name = studio.catalog.get(model).path.name  # an unknown model is a 404 before any file is read
-        for upload in files:
+        names = [upload_name(upload.filename, i) for i, upload in enumerate(files)]
+        for upload, upload_label in zip(files, names):
             if upload.size is not None and upload.size > limits.max_upload_bytes:
-                raise RequestError(f"{upload.filename} is {upload.size / 2**20:.1f} MB; the limit is "
+                raise RequestError(f"{upload_label} is {upload.size / 2**20:.1f} MB; the limit is "
                                    f"{limits.max_upload_text} per file", status=413)
-        names = [upload.filename or f"file {i}" for i, upload in enumerate(files)]
         results = studio.classify(name, [named_bytes(upload, n) for upload, n in zip(files, names)], top_k=top_k)
         too_large = next((r for r in results if isinstance(r, ImageTooLargeError)), None)
         if too_large is not None:
@@ -237,6 +237,13 @@ def create_app(studio: Studio) -> FastAPI:
         return {"status": "ok", "models": len(studio.catalog.names()), "generator": studio.generator.describe()}
 
     return app
+
+
+def upload_name(filename: str | None, index: int) -> str:
+    """What records and messages call an upload: the base name of the client's file name ("../../x.png" and
+    "C:\\fakepath\\x.png" are "x.png"). Only ever a label; the server reads the uploaded bytes, never a path."""
+    base = re.split(r"[\\/]", filename or "")[-1]
+    return base if base not in ("", ".", "..") else f"file {index}"
 
 
 def named_bytes(upload: UploadFile, name: str) -> io.BytesIO:

@@ -16,9 +16,9 @@ from dataclasses import replace
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from conftest import REPO_ROOT, write_tiny_generator
 from helpers_onnx import CLASS_COUNTS, CLASS_NAMES, make_card, tiny_net_path, write_model
+from helpers_servers import uvicorn_in_thread
 from PIL import Image
 
 from inference.images import load_image
@@ -56,17 +56,8 @@ def studio(models_dir):
 
 @pytest.fixture(scope="module")
 def base_url(studio):
-    server = uvicorn.Server(uvicorn.Config(create_app(studio), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]  # port 0: the system picked a free one
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_in_thread(create_app(studio)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
