@@ -2,7 +2,6 @@
 
 import json
 import re
-import socket
 import threading
 import zipfile
 
@@ -13,6 +12,7 @@ from PIL import Image
 import app
 from inference.classifier import ClassScore
 from tests.helpers_onnx import METRICS, make_card, tiny_net_path, write_model
+from tests.helpers_servers import gradio_launched
 
 
 def scores():
@@ -104,12 +104,6 @@ def test_build_app_without_models(tmp_path):
     assert "No models found" in str(demo.config)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from gradio_client import Client
@@ -118,13 +112,8 @@ def served(tmp_path_factory):
     write_model(tiny_net_path(tmp_path_factory), folder / "tiny.onnx", make_card())
     examples = tmp_path_factory.mktemp("examples")
     Image.new("RGB", (40, 30), (200, 30, 30)).save(examples / "red.png")
-    demo = app.build_app(folder, examples_dir=examples)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+    with gradio_launched(app.build_app(folder, examples_dir=examples)) as url:
+        yield Client(url, verbose=False)
 
 
 def test_api_lists_classify_and_model_card(served):
@@ -261,12 +250,8 @@ def test_generate_errors_are_messages(generator_app, tmp_path_factory):
 def served_generator(generator_app):
     from gradio_client import Client
 
-    port = free_port()
-    generator_app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        generator_app.close()
+    with gradio_launched(generator_app) as url:
+        yield Client(url, verbose=False)
 
 
 def test_generate_over_the_api(served_generator):

@@ -8,13 +8,13 @@ Skips with the reason when Playwright or a Chromium binary is missing (never dow
 import os
 import re
 import shutil
-import socket
 
 import pytest
 from PIL import Image
 
 import app
 from tests.helpers_onnx import make_card, tiny_net_path, write_model
+from tests.helpers_servers import gradio_launched
 
 CHROMIUM = os.environ.get("LONGTAIL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(CHROMIUM),
                                 reason=f"no Chromium binary at {CHROMIUM} (apt-get install chromium, or set LONGTAIL_CHROMIUM)")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +32,8 @@ def app_url(tmp_path_factory):
     write_model(tiny_net_path(tmp_path_factory), folder / "tiny.onnx", make_card())
     generator = write_tiny_generator(tmp_path_factory.mktemp("generator") / "tiny", ["cat", "dog", "bird"])
     demo = app.build_app(folder, examples_dir=tmp_path_factory.mktemp("no_examples"), generator=generator)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with gradio_launched(demo) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
