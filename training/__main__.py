@@ -2,6 +2,7 @@
 
     python -m training train --config configs/cifar10_lt/ce.yaml [--set key=value ...] --output-dir DIR
     python -m training train --output-dir DIR --resume
+    torchrun --standalone --nproc_per_node=N -m training train ... (DDP: CPU gloo, or one GPU per process)
     python -m training evaluate --checkpoint DIR [--which best|last] [--split test|val]
     python -m training export --checkpoint DIR --output model.onnx
     python -m training extract-features --checkpoint DIR --output features.safetensors
@@ -117,6 +118,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("train", "train-generator") and not args.config and not args.resume:
         parser.error(f"{args.command} needs --config (or --resume to continue a run)")
+    from training.distributed import close_distributed, launched_world_size
+
+    if args.command != "train" and launched_world_size() > 1:
+        parser.error(f"only `train` runs in several processes; start `{args.command}` without torchrun")
     from inference.generators import GeneratorError
     from inference.images import ImageLoadError
     from training.checkpoint import CheckpointError
@@ -130,6 +135,7 @@ def main(argv=None) -> int:
             from training.train import resume_config, train
 
             train(_config(args, load_config, resume_config), args.output_dir, resume=args.resume)
+            close_distributed()
         elif args.command == "evaluate":
             from training.evaluate import evaluate_checkpoint
 

@@ -84,6 +84,9 @@ class RunConfig:
     threads: int = 0  # CPU intra-op threads; 0 keeps torch's default
     eval_test_every: int = 0  # also evaluate the test set every N epochs (logged as test-oracle)
     progress: bool = True  # tqdm bars
+    # Several processes (torchrun): BatchNorm statistics over the global batch, as one process computes them.
+    # false: each rank normalises with its own part of the batch (per-rank statistics, rank 0's running ones).
+    sync_batchnorm: bool = True
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from training.config import OptimConfig
+from training.distributed import all_reduce_sum, is_main
 
 
 class AmpStep:
@@ -69,11 +70,15 @@ def to_device(batch, device: torch.device, channels_last: bool):
 
 def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config: OptimConfig, epoch: int,
                     device: torch.device, channels_last: bool = True, progress: bool = True) -> dict:
-    """One pass over `loader`; `method.training_loss(model, batch, epoch)` defines what a step optimises."""
+    """One pass over `loader`; `method.training_loss(model, batch, epoch)` defines what a step optimises.
+
+    Under DDP `model` is the wrapped model and `loader` this rank's part of every global batch; the returned
+    loss and images/s are those of the global batches (summed over ranks), the progress bar rank 0's."""
     model.train()
     total_loss, num_images, num_steps = 0.0, 0, len(loader)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{optim_config.epochs}", disable=not progress, leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{optim_config.epochs}", disable=not (progress and is_main()),
+               leave=False)
     for step, batch in enumerate(bar):
         lr = learning_rate(optim_config, epoch + (step + 1) / num_steps)
         for group in optimizer.param_groups:
@@ -89,6 +94,7 @@ def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config
         total_loss += loss.item() * batch_size
         num_images += batch_size
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+    total_loss, num_images = all_reduce_sum(torch.tensor([total_loss, num_images], dtype=torch.float64)).tolist()
     seconds = time.perf_counter() - start
     return {"loss": total_loss / max(num_images, 1), "lr": lr, "seconds": seconds,
             "images_per_second": num_images / max(seconds, 1e-9)}

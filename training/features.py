@@ -20,6 +20,7 @@ from tqdm import tqdm
 from training.checkpoint import CheckpointError, _atomic_write
 from training.config import ConfigError
 from training.engine import to_device
+from training.loading import make_loader
 from training.lt_data import build_datasets
 from training.transforms import eval_transform
 
@@ -40,8 +41,6 @@ def backbone_of(method, model) -> torch.nn.Module:
 def features_of(backbone, dataset, batch_size: int, num_workers: int, device, channels_last: bool = False,
                 progress: bool = False, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D) float32, labels (N,) int64) of a dataset, in dataset order, on the CPU."""
-    from training.train import make_loader  # the trainer imports the methods, which import this module
-
     backbone.eval()
     features, labels = [], []
     loader = make_loader(dataset, batch_size, num_workers, shuffle=False)
@@ -78,7 +77,7 @@ def save_features(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
 def load_features(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), "pt") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
             metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
     except (OSError, SafetensorError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is missing or not a features file: {error}") from error

@@ -2,6 +2,12 @@
 
     python -m training train --config configs/cifar10_lt/ce.yaml --output-dir runs/ce
     python -m training train --config configs/cifar10_lt/ce.yaml --output-dir runs/ce --resume
+    torchrun --standalone --nproc_per_node=2 -m training train --config configs/cifar10_lt/ce.yaml --output-dir runs/ce
+
+Under torchrun (training/distributed.py) the model is wrapped in DistributedDataParallel, data.batch_size stays
+the global batch and every rank trains on its part of it (training/loading.py); rank 0 alone evaluates,
+prints and writes files while the others wait, and the checkpoints hold the unwrapped model, so a run
+resumes, evaluates and exports the same way whatever the number of processes that trained it.
 
 Checkpoint selection ("best") uses the validation split only. The test set is evaluated at the end for
 the last and the best-on-validation epoch; `run.eval_test_every` adds a per-epoch test curve, which is
@@ -19,15 +25,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from inference.metadata import GROUPS
 from inference.model_card import evaluation_columns, group_accuracy
-from training.checkpoint import (CheckpointError, atomic_write_text, git_revision, load_checkpoint, restore_model,
-                                 restore_optimizer, save_checkpoint)
+from training.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    git_revision,
+    load_checkpoint,
+    restore_model,
+    restore_optimizer,
+    save_checkpoint,
+)
 from training.config import Config, ConfigError, apply_overrides, config_from_dict, read_config_tree, save_config
+from training.distributed import (
+    barrier,
+    convert_sync_batchnorm,
+    init_distributed,
+    is_main,
+    launched_world_size,
+    log,
+    world_size,
+    wrap_model,
+)
 from training.engine import AmpStep, predict, train_one_epoch
 from training.groups import class_groups, rule_description, shot_accuracy
+from training.loading import make_loader
 from training.lt_data import build_datasets
 from training.methods import build_method, method_class
 from training.transforms import eval_transform
@@ -48,13 +71,6 @@ def seed_epoch(seed: int, epoch: int) -> int:
     np.random.seed(epoch_seed % 2**32)
     torch.manual_seed(epoch_seed)
     return epoch_seed
-
-
-def make_loader(dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, drop_last=drop_last and len(dataset) > batch_size,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
 def evaluate_split(classifier, dataset, config: Config, train_counts, device, desc: str) -> dict:
@@ -141,7 +157,9 @@ def check_output_dir(output_dir: Path, resume: bool, marker: str = "last.json") 
 
 
 def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
+    """Trains, evaluates and writes the run; returns the final metrics (on rank 0; {} on the other ranks)."""
     fit = getattr(method_class(config), "fit", None)  # a bad method option fails now, before any data is read
+    check_process_count(config, fit is not None)
     if fit is not None:  # a method that does not train end to end (DLSA) owns its loop, checkpoints and resume
         return fit(config, output_dir, resume)
     output_dir = Path(output_dir)
@@ -153,13 +171,16 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
     if config.run.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    device = resolve_device(config.run.device)
+    device = init_distributed(resolve_device(config.run.device))
     seed_epoch(config.run.seed, -1)
 
     bundle = build_datasets(config.data)
     train_counts = bundle.train_counts
     method = build_method(config, train_counts)
-    model = method.build_model().to(device)
+    model = method.build_model()
+    if world_size() > 1 and config.run.sync_batchnorm:
+        model = convert_sync_batchnorm(model, device)
+    model = model.to(device)
     if config.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     preprocessing = model.preprocessing
@@ -175,45 +196,72 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
         restore_optimizer(optimizer, tensors, info)
         amp.load_state_dict(info.get("amp_scaler", {}))
         start_epoch, best, history = info["epoch"], info.get("best"), info["history"]
-        print(f"resuming {output_dir} after epoch {start_epoch}")
-    save_config(config, output_dir / "config.yaml")
-    _write_history(output_dir, history)
+        log(f"resuming {output_dir} after epoch {start_epoch}")
+    wrapped = wrap_model(model, device)  # DistributedDataParallel under torchrun, else `model` itself
+    if is_main():
+        save_config(config, output_dir / "config.yaml")
+        _write_history(output_dir, history)
 
     train_set = method.train_dataset(bundle, preprocessing)
+    if world_size() > 1 and len(train_set) < config.data.batch_size:
+        raise ConfigError(f"{len(train_set)} training images are fewer than one global batch (data.batch_size "
+                          f"{config.data.batch_size}); {world_size()} processes need at least one full batch")
     evaluation_sets = {"val": bundle.val, "test": bundle.test}
     evaluation_sets = {k: v.with_transform(eval_transform(preprocessing))
                        for k, v in evaluation_sets.items() if v is not None}
     classifier = method.classifier(model)
-    print(f"{config.data.dataset}: {len(train_set)} train / {len(bundle.val) if bundle.val else 0} val / "
-          f"{len(bundle.test)} test images, {bundle.num_classes} classes, counts {train_counts}")
+    log(f"{config.data.dataset}: {len(train_set)} train / {len(bundle.val) if bundle.val else 0} val / "
+        f"{len(bundle.test)} test images, {bundle.num_classes} classes, counts {train_counts}"
+        + (f"; {world_size()} processes x {config.data.batch_size // world_size()} images per batch"
+           if world_size() > 1 else ""))
 
     for epoch in range(start_epoch, config.optim.epochs):
         epoch_seed = seed_epoch(config.run.seed, epoch)
         method.start_epoch(model, epoch, device)  # after the reseed, so a resumed run replays it exactly
         loader = make_loader(train_set, config.data.batch_size, config.data.num_workers, shuffle=True,
-                             seed=epoch_seed, drop_last=True)
-        record = {"epoch": epoch + 1, "train": train_one_epoch(model, method, loader, optimizer, amp, config.optim,
+                             seed=epoch_seed, drop_last=True, shard=True)
+        record = {"epoch": epoch + 1, "train": train_one_epoch(wrapped, method, loader, optimizer, amp, config.optim,
                                                               epoch, device, config.run.channels_last,
                                                               config.run.progress)}
-        if "val" in evaluation_sets:
-            record["val"] = _brief(evaluate_split(classifier, evaluation_sets["val"], config, train_counts, device,
-                                                  "val"))
-        every = config.run.eval_test_every
-        if every and ((epoch + 1) % every == 0 or epoch + 1 == config.optim.epochs):
-            record["test_oracle"] = _brief(evaluate_split(classifier, evaluation_sets["test"], config,
-                                                          train_counts, device, "test"))
-        is_best = "val" in record and (best is None or record["val"]["overall"] > best["val_overall"])
-        if is_best:
-            best = {"epoch": epoch + 1, "val_overall": record["val"]["overall"]}
-        history.append(record)
-        info = dict(card, epoch=epoch + 1, best=best, history=history, amp_scaler=amp.state_dict())
-        if is_best:  # before `last`: a crash in between replays this epoch on resume and saves it again
-            save_checkpoint(output_dir / "best", model, info)
-        save_checkpoint(output_dir / "last", model, info, optimizer)
-        _write_history(output_dir, history)
-        print(_epoch_line(record, config.optim.epochs))
+        if is_main():  # rank 0 evaluates, saves and logs the epoch while the others wait at the barrier
+            if "val" in evaluation_sets:
+                record["val"] = _brief(evaluate_split(classifier, evaluation_sets["val"], config, train_counts, device,
+                                                      "val"))
+            every = config.run.eval_test_every
+            if every and ((epoch + 1) % every == 0 or epoch + 1 == config.optim.epochs):
+                record["test_oracle"] = _brief(evaluate_split(classifier, evaluation_sets["test"], config,
+                                                              train_counts, device, "test"))
+            is_best = "val" in record and (best is None or record["val"]["overall"] > best["val_overall"])
+            if is_best:
+                best = {"epoch": epoch + 1, "val_overall": record["val"]["overall"]}
+            history.append(record)
+            info = dict(card, epoch=epoch + 1, best=best, history=history, amp_scaler=amp.state_dict())
+            if is_best:  # before `last`: a crash in between replays this epoch on resume and saves it again
+                save_checkpoint(output_dir / "best", model, info)
+            save_checkpoint(output_dir / "last", model, info, optimizer)
+            _write_history(output_dir, history)
+            print(_epoch_line(record, config.optim.epochs), flush=True)
+        barrier()
 
-    return final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device, history)
+    metrics = {}
+    if is_main():
+        metrics = final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device,
+                                   history)
+    barrier()
+    return metrics
+
+
+def check_process_count(config: Config, own_loop: bool) -> None:
+    """Under torchrun: the global batch must split evenly, and a method with its own loop runs in one process."""
+    processes = launched_world_size()
+    if processes == 1:
+        return
+    if own_loop:
+        raise ConfigError(f"method '{config.method}' trains on frozen features in its own loop and runs in one "
+                          f"process; start it with `python -m training train`, not torchrun ({processes} processes)")
+    if config.data.batch_size % processes:
+        raise ConfigError(f"data.batch_size {config.data.batch_size} is the global batch and must divide evenly "
+                          f"among the {processes} processes (each trains on data.batch_size / {processes} images)")
 
 
 def final_evaluation(config, output_dir, model, classifier, evaluation_sets, train_counts, device, history) -> dict:

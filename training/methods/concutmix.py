@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from models import create_model
 from training.config import ConfigError
 from training.contrastive import balanced_contrastive_loss
+from training.distributed import all_gather, shard, world_size
 from training.losses import build_loss
 from training.methods.base import Method
 from training.mixing import cutmix_box, paste_box, sample_beta
@@ -116,6 +117,7 @@ class BCLModel(nn.Module):
         self.backbone = backbone
         self.head = projection_mlp(backbone.num_features, options.hidden_dim, options.feat_dim)
         self.centre_head = projection_mlp(backbone.num_features, options.hidden_dim, options.feat_dim)
+        self.centre_head.sync_batchnorm = False  # under DDP: its input, the classifier weights, is the same on every rank
         self.preprocessing, self.model_name = backbone.preprocessing, backbone.model_name
 
     def forward(self, images: torch.Tensor) -> dict:
@@ -152,7 +154,8 @@ class BackgroundForegroundDataset(Dataset):
 
     def __getitem__(self, index):
         image, label = self.base[index]
-        # torch's generator: seeded per DataLoader worker from the epoch's seed, so reruns draw the same.
+        # torch's generator: the trainer's loader seeds it per image and epoch (training/loading.py), so reruns,
+        # any DataLoader worker and any process draw the same foreground for this image.
         foreground_class = int(torch.multinomial(self.class_probabilities, 1).item())
         members = self.members[foreground_class]
         foreground, _ = self.base[int(members[torch.randint(len(members), ()).item()])]
@@ -186,21 +189,29 @@ class ConCutMixMethod(Method):
                                            self.options.foreground_sampler)
 
     def training_loss(self, model, batch, epoch: int):
+        """Under DDP `batch` is this rank's part of the global batch, and the step is the one-process step on
+        the global batch: the random draws (mix or not, λ, box, pairing) come from torch's global generator,
+        which every rank seeds and consumes alike; the foregrounds are paired over the global batch (gathered
+        on mixing steps) and BCL runs over the global batch's embeddings (gathered with their gradients)."""
         (view1, view2, view3, foreground), (labels, foreground_labels) = batch
         options, batch_size = self.options, len(labels)
         mixed = torch.rand(()).item() < options.cutmix_prob
         if mixed:
-            permutation = torch.randperm(batch_size)
+            # Which foreground of the global batch each background gets; this rank keeps its backgrounds' part.
+            permutation = shard(torch.randperm(batch_size * world_size()))
             lam = sample_beta(options.cutmix_beta)
-            view1, lam = paste_box(view1, foreground[permutation.to(view1.device)],
+            view1, lam = paste_box(view1, all_gather(foreground)[permutation.to(view1.device)],
                                    cutmix_box(*view1.shape[-2:], lam))
-            other_labels = foreground_labels[permutation.to(labels.device)]
+            other_labels = all_gather(foreground_labels)[permutation.to(labels.device)]
             area_label = (lam * F.one_hot(labels, self.num_classes).float()
                           + (1.0 - lam) * F.one_hot(other_labels, self.num_classes).float())
 
         outputs = model(torch.cat([view1, view2, view3]))
         logits = outputs["logits"][:batch_size]
-        embeddings = F.normalize(outputs["embedding"][batch_size:].float(), dim=1)
+        # [a² of the global batch; a³ of the global batch], the order one process has
+        embeddings = torch.cat([all_gather(F.normalize(view.float(), dim=1))
+                                for view in outputs["embedding"][batch_size:].chunk(2)])
+        global_labels = all_gather(labels)
         centres = F.normalize(outputs["centres"].float(), dim=1)
 
         classifier_loss = self.loss.to(logits.device)
@@ -213,7 +224,7 @@ class ConCutMixMethod(Method):
             semantic = semantic_label(outputs["embedding"][:batch_size], outputs["centres"], options.topk)
             target = rectified_label(area_label, semantic, self.class_counts.to(logits.device), options.omega)
             classification = classifier_loss(logits, target)
-        contrastive = balanced_contrastive_loss(embeddings, labels.repeat(2), centres, options.temperature)
+        contrastive = balanced_contrastive_loss(embeddings, global_labels.repeat(2), centres, options.temperature)
         return options.alpha * classification + options.beta * contrastive
 
     @staticmethod

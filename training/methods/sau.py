@@ -35,7 +35,9 @@ from torch.utils.data import Dataset
 from models import create_model
 from training.config import ConfigError
 from training.contrastive import supervised_contrastive_loss
+from training.distributed import all_gather, all_reduce_sum, log
 from training.engine import to_device
+from training.loading import make_loader
 from training.losses import soft_cross_entropy
 from training.lt_data import ArrayDataset, FileListDataset
 from training.methods.base import Method
@@ -134,13 +136,6 @@ def cutmix(images: torch.Tensor, partners: torch.Tensor, targets: torch.Tensor, 
     return mixed, lam * targets + (1.0 - lam) * partner_targets
 
 
-def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    sums = torch.zeros(num_classes, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
-    sums.index_add_(0, labels, embeddings)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)  # SauMethod refuses empty classes
-    return sums / counts[:, None].to(sums)
-
-
 # --------------------------------------------------------------------------------------------- model
 
 
@@ -171,17 +166,26 @@ class SauModel(nn.Module):
 def class_prototypes(model: SauModel, real_views: Dataset, num_classes: int, batch_size: int, num_workers: int,
                      device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """(2, C, D): the mean z of every class's real images in views 2 and 3, in eval mode, fp32 (§1.4 step 0).
-    `real_views` yields ((view 2, view 3), label): the augmented views, as the released code embeds them."""
-    from training.train import make_loader  # the trainer imports the methods, which import this module
+    `real_views` yields ((view 2, view 3), label): the augmented views, as the released code embeds them.
 
+    Under DDP every rank embeds its part of the images and the per-class sums and counts are summed over the
+    ranks, so all hold the same prototypes. The views' randomness comes from a seed drawn from torch's
+    generator (reseeded every epoch), so a resumed run and any number of processes draw the same views."""
     model.eval()
-    embeddings, labels = ([], []), []
-    for views, targets in make_loader(real_views, batch_size, num_workers, shuffle=False):
-        for collected, images in zip(embeddings, views):
-            collected.append(model(to_device(images, device, channels_last))["embedding"])
-        labels.append(torch.as_tensor(targets, device=device))
-    labels = torch.cat(labels)
-    return torch.stack([class_means(torch.cat(collected), labels, num_classes) for collected in embeddings])
+    seed = int(torch.randint(2**31, ()).item())
+    sums, counts = None, torch.zeros(num_classes, device=device)
+    for views, targets in make_loader(real_views, batch_size, num_workers, shuffle=False, seed=seed, shard=True):
+        labels = torch.as_tensor(targets, device=device)
+        embeddings = torch.stack([model(to_device(images, device, channels_last))["embedding"].float()
+                                  for images in views])
+        if sums is None:
+            sums = embeddings.new_zeros(len(views), num_classes, embeddings.shape[-1])
+        members = F.one_hot(labels, num_classes).to(embeddings.dtype)  # a matmul, deterministic on GPUs too
+        sums += members.T @ embeddings
+        counts += members.sum(dim=0)
+    if sums is None:
+        raise RuntimeError(f"no real image to embed for the prototypes on this process ({len(real_views)} real images)")
+    return all_reduce_sum(sums) / all_reduce_sum(counts).clamp_min(1)[None, :, None]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -213,7 +217,7 @@ def real_and_synthetic(bundle, synthetic_dir: str, top_up_to: int = 0):
         images = ArrayDataset(np.concatenate([real.images, np.stack(pixels) if pixels else real.images[:0]]), all_labels)
     else:
         images = FileListDataset(list(real.paths) + list(paths), all_labels)
-    print(f"SAU: {len(real)} real + {len(paths)} synthetic training images (from {synthetic_dir})")
+    log(f"SAU: {len(real)} real + {len(paths)} synthetic training images (from {synthetic_dir})")
     return images, np.arange(len(all_labels)) >= len(real)
 
 
@@ -307,7 +311,10 @@ class SauMethod(Method):
         outputs = [model(images) for images in (mixed, cut, view2, view3)]
         classification = (soft_cross_entropy(outputs[0]["logits"], mixed_targets)
                           + soft_cross_entropy(outputs[1]["logits"], cut_targets))
-        contrastive = synthetic_aware_loss(outputs[2]["embedding"], outputs[3]["embedding"], labels, is_synthetic,
+        # Under DDP the contrastive loss is that of the global batch (every rank's part gathered, gradients
+        # flowing back to each part's rank): the same references, label check and SupCon as in one process.
+        contrastive = synthetic_aware_loss(all_gather(outputs[2]["embedding"]), all_gather(outputs[3]["embedding"]),
+                                           all_gather(labels), all_gather(is_synthetic),
                                            self.prototypes.to(labels.device), self.options.loss_strategy,
                                            self.options.temperature)
         return classification + contrastive
