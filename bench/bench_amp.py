@@ -17,13 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torchvision_compat  # noqa: E402,F401
+import torchvision_compat  # noqa: F401  (before anything imports torchvision)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+# isort: split
+import torch
+import torch.nn.functional as F
 
-from models import create_model  # noqa: E402
-from training.engine import AmpStep  # noqa: E402
+from models import create_model
+from training.engine import AmpStep
 
 
 def images_per_second(model, optimizer, amp: AmpStep, images, labels, steps: int) -> float:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torchvision_compat  # noqa: E402,F401
+import torchvision_compat  # noqa: F401  (before anything imports torchvision)
 
-import torch  # noqa: E402
+# isort: split
+import torch
 
-from inference.generators import open_generator  # noqa: E402
+from inference.generators import open_generator
 
 
 def seconds_per_image(generator, batch_size: int, steps: int, guidance: float) -> float:

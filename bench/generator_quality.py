@@ -17,11 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torchvision_compat  # noqa: E402,F401
+import torchvision_compat  # noqa: F401  (before anything imports torchvision)
 
-from inference.generators import open_generator  # noqa: E402
-from training.synthesize import recognition_report, synthesize  # noqa: E402
-from training.synthetic_set import read_synthetic_set  # noqa: E402
+# isort: split
+from inference.generators import open_generator
+from training.synthesize import recognition_report, synthesize
+from training.synthetic_set import read_synthetic_set
 
 SHIPPED = ["model_zoo/cifar10_lt_concutmix_resnet32.onnx", "model_zoo/cifar10_lt_ce_resnet32.onnx"]
 
