@@ -40,8 +40,10 @@ import torchvision_compat  # noqa: E402,F401  (must run before anything imports 
 
 import collections  # noqa: E402
 import html  # noqa: E402
+import io  # noqa: E402
 import logging  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -84,7 +86,7 @@ MAX_TOP_K = 20
 LIMITS = Limits(max_upload_bytes=25 * 2**20, max_batch=64, max_generate=16, max_steps=100)
 MAX_UPLOAD_SIZE = f"{LIMITS.max_upload_bytes // 2**20}mb"  # larger uploads are refused by Gradio itself
 MAX_GUIDANCE = 15.0
-KEPT_DOWNLOADS = 32  # zip files of recent generations kept on disk for download
+KEPT_FILES = 1024  # thumbnails, generated images and zips kept on disk for the browser to fetch
 THUMBNAIL_SIZE = (384, 384)
 # Okabe-Ito colours: distinguishable with the common forms of colour blindness.
 GROUP_COLOURS = {"many": "#0072B2", "medium": "#E69F00", "few": "#CC79A7"}
@@ -291,8 +293,7 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
     catalog = studio.catalog
     examples_dir = Path(examples_dir or DEFAULT_EXAMPLES_DIR)
     model_names = catalog.names()
-    downloads_dir = Path(tempfile.mkdtemp(prefix="longtail_downloads_"))
-    recent_downloads: collections.deque[Path] = collections.deque()
+    output_files = OutputFiles(KEPT_FILES)
 
     def load_model(model_name: str | None) -> OnnxClassifier:
         if not model_name:
@@ -339,7 +340,7 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
             items.append({"image": name, "prediction": prediction})
             thumbnail = image.copy()
             thumbnail.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
-            gallery.append((thumbnail, caption(prediction)))
+            gallery.append((output_files.image(thumbnail, name), caption(prediction)))
 
         messages = ""
         if problems:
@@ -385,20 +386,12 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
                                         float(guidance), report)
         except RequestError as error:
             raise gr.Error(str(error)) from error
-        gallery = [(image, generated_caption(generation, i)) for i, image in enumerate(generation.images)]
-        return gallery, save_download(generation), generation_summary(generation), generation.to_dict()
-
-    def save_download(generation: Generation) -> str:
+        names = generation.file_names()
+        gallery = [(output_files.image(image, names[i]), generated_caption(generation, i))
+                   for i, image in enumerate(generation.images)]
         settings = generation.settings
-        folder = Path(tempfile.mkdtemp(dir=downloads_dir))
-        path = folder / f"{settings['class_name']}_seed{settings['seed']}.zip".replace("/", "_")
-        path.write_bytes(generation.zip_bytes())
-        recent_downloads.append(path)
-        while len(recent_downloads) > KEPT_DOWNLOADS:
-            old = recent_downloads.popleft()
-            old.unlink(missing_ok=True)
-            old.parent.rmdir()
-        return str(path)
+        download = output_files.write(f"{settings['class_name']}_seed{settings['seed']}.zip", generation.zip_bytes())
+        return gallery, download, generation_summary(generation), generation.to_dict()
 
     default_steps, default_guidance = studio.generator.defaults()
     generator_note = generator_status_markdown(studio)
@@ -506,6 +499,36 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
 
     demo.queue(default_concurrency_limit=CLASSIFY_CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
+
+
+class OutputFiles:
+    """The images and zips the app returns, as files written whole under their own folder and handed to
+    Gradio by path. Gradio copies a returned file into its cache atomically, but re-encodes a returned PIL
+    image into a path named after its content and overwrites it in place: two requests returning the same
+    picture then race, and a browser can fetch a half-written file (seen under bench/load_test.py as h11's
+    "Too little data for declared Content-Length"). The oldest files are deleted beyond `keep`."""
+
+    def __init__(self, keep: int):
+        self.folder = Path(tempfile.mkdtemp(prefix="longtail_app_"))
+        self.keep = keep
+        self._recent: collections.deque[Path] = collections.deque()
+        self._lock = threading.Lock()
+
+    def write(self, name: str, data: bytes) -> str:
+        path = Path(tempfile.mkdtemp(dir=self.folder)) / name.replace("/", "_")
+        path.write_bytes(data)
+        with self._lock:
+            self._recent.append(path)
+            while len(self._recent) > self.keep:
+                old = self._recent.popleft()
+                old.unlink(missing_ok=True)
+                old.parent.rmdir()
+        return str(path)
+
+    def image(self, image: Image.Image, name: str) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return self.write(f"{Path(name).stem}.png", buffer.getvalue())
 
 
 def generator_status_markdown(studio: Studio) -> str:
