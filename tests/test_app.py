@@ -169,6 +169,8 @@ def test_selecting_a_gallery_image_shows_its_details(tmp_path_factory, tmp_path)
         Image.new("RGB", (40, 40), colour).save(paths[-1])
     gallery, label, bars, summary, messages, records, state = functions["classify"]("tiny.onnx", [str(p) for p in paths], 3)
     assert len(gallery) == 2 and "image0.png" in summary and messages == ""
+    # Files written whole, not PIL images (which Gradio rewrites in place under a shared path: see OutputFiles).
+    assert all(isinstance(item, str) and Image.open(item).size == (40, 40) for item, _ in gallery)
     label, bars, summary = functions["select_image"](state, gr.SelectData(None, {"index": 1, "value": None}))
     assert "image1.png" in summary
     assert label == {s["name"]: s["probability"] for s in records[1]["top_k"]}
