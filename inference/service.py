@@ -268,7 +268,11 @@ class GeneratorService:
         try:
             source, revision = self.local_source()
             if self.is_class_conditional():
-                return open_generator(source, device=self._device())
+                generator = open_generator(source, device=self._device())
+                # fp32 makes an image independent of how many were asked for (bf16 rounding depends on the
+                # batch). It costs time: 1.5x per image at 4 images on CPU, 2.1x at 16 (docs/benchmarks.md).
+                generator.bf16 = False
+                return generator
             if classifier is None:
                 raise GeneratorError("a text-to-image generator takes its class names from a model; there is none")
             return open_generator(source, class_names=list(classifier.class_names),
@@ -403,13 +407,9 @@ class Studio:
                                status=422)
         class_index = generator.class_names.index(class_name)
 
-        from inference.generators import GeneratorError
+        from inference.generators import GeneratorError, image_seeds
 
         def sample() -> list[Image.Image]:
-            if hasattr(generator, "bf16"):
-                # fp32 makes an image independent of how many were asked for (bf16 rounding depends on the
-                # batch), and at the app's small batches bf16 is not faster on CPU (docs/benchmarks.md).
-                generator.bf16 = False
             return generator.generate(class_index, count, seed=seed, steps=steps, guidance=guidance,
                                       first_index=first_index, progress=progress)
 
@@ -418,8 +418,6 @@ class Studio:
         except GeneratorError as error:
             raise RequestError(str(error), status=422) from error
         used_steps, used_guidance = generator._settings(class_index, steps, guidance)
-        from inference.generators import image_seeds
-
         settings = {"class_name": class_name, "class_index": class_index, "count": count, "seed": seed,
                     "first_index": first_index, "steps": used_steps, "guidance": used_guidance,
                     "seeds": image_seeds(seed, class_index, first_index, count),
