@@ -40,7 +40,6 @@ import torchvision_compat  # noqa: E402,F401  (must run before anything imports 
 
 import collections  # noqa: E402
 import html  # noqa: E402
-import io  # noqa: E402
 import logging  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -49,7 +48,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from inference.classifier import ClassScore, OnnxClassifier, Prediction, describe  # noqa: E402
+from inference.classifier import ClassScore, OnnxClassifier, Prediction, describe, record  # noqa: E402
 from inference.images import ImageLoadError  # noqa: E402
 from inference.metadata import GROUP_DISPLAY, GROUPS, ModelCard  # noqa: E402
 from inference.model_card import evaluation_columns, group_accuracy, group_rule_text  # noqa: E402
@@ -61,6 +60,7 @@ from inference.service import (  # noqa: E402
     ModelCatalog,
     RequestError,
     Studio,
+    png_bytes,
 )
 
 try:  # Hugging Face ZeroGPU Spaces lend a GPU only to functions decorated with spaces.GPU
@@ -334,9 +334,9 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
             if isinstance(prediction, ImageLoadError):
                 gr.Warning(str(prediction))
                 problems.append(str(prediction))
-                records.append({"image": name, "error": str(prediction)})
+                records.append(record(name, prediction))
                 continue
-            records.append({"image": name, **prediction.to_dict()})
+            records.append(record(name, prediction))
             items.append({"image": name, "prediction": prediction})
             thumbnail = image.copy()
             thumbnail.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
@@ -526,9 +526,7 @@ class OutputFiles:
         return str(path)
 
     def image(self, image: Image.Image, name: str) -> str:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return self.write(f"{Path(name).stem}.png", buffer.getvalue())
+        return self.write(f"{Path(name).stem}.png", png_bytes(image))
 
 
 def generator_status_markdown(studio: Studio) -> str:

@@ -17,8 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from inference.classifier import MODEL_ERRORS, OnnxClassifier
-from inference.images import ImageLoadError
+from inference.classifier import MODEL_ERRORS, OnnxClassifier, record
 from inference.model_card import markdown_document
 from inference.service import GeneratorService, Limits, ModelCatalog, Studio
 
@@ -86,12 +85,8 @@ def predict(args: argparse.Namespace) -> int:
     if classifier is None:
         return 2
 
-    records = []
-    for path, result in zip(args.images, classifier.classify_files(args.images, top_k=args.top_k)):
-        if isinstance(result, ImageLoadError):
-            records.append({"image": str(path), "error": str(result)})
-        else:
-            records.append({"image": str(path), **result.to_dict()})
+    results = classifier.classify_files(args.images, top_k=args.top_k)
+    records = [record(str(path), result) for path, result in zip(args.images, results)]
     json.dump(records, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 1 if any("error" in record for record in records) else 0

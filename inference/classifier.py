@@ -85,6 +85,14 @@ class Prediction:
         }
 
 
+def record(image: str, result: Prediction | ImageLoadError) -> dict:
+    """The JSON record of one input, as `python -m inference predict`, the app and the HTTP API give it:
+    the prediction, or {"image", "error"} for a file that cannot be read."""
+    if isinstance(result, ImageLoadError):
+        return {"image": image, "error": str(result)}
+    return {"image": image, **result.to_dict()}
+
+
 def describe(score: ClassScore) -> str:
     """One line for people, e.g. "cat · tail class · 387 training images"."""
     if score.group is None:

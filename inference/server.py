@@ -25,8 +25,9 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inference.images import ImageLoadError, ImageTooLargeError
-from inference.service import Generation, Limits, RequestError, Studio
+from inference.classifier import record
+from inference.images import ImageTooLargeError
+from inference.service import Generation, Limits, RequestError, Studio, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +199,7 @@ def create_app(studio: Studio) -> FastAPI:
         too_large = next((r for r in results if isinstance(r, ImageTooLargeError)), None)
         if too_large is not None:
             raise RequestError(str(too_large), status=413)
-        records = [{"image": n, "error": str(r)} if isinstance(r, ImageLoadError) else {"image": n, **r.to_dict()}
-                   for n, r in zip(names, results)]
+        records = [record(n, r) for n, r in zip(names, results)]
         if all("error" in record for record in records):
             return JSONResponse({"detail": "none of the files is a readable image", "model": name,
                                  "results": records}, status_code=422)
@@ -256,9 +256,7 @@ def named_bytes(upload: UploadFile, name: str) -> io.BytesIO:
 def generation_record(generation: Generation) -> dict:
     record = generation.to_dict()
     for item, name, image in zip(record["images"], generation.file_names(), generation.images):
-        png = io.BytesIO()
-        image.save(png, format="PNG")
-        item.update(file_name=name, png_base64=base64.b64encode(png.getvalue()).decode("ascii"))
+        item.update(file_name=name, png_base64=base64.b64encode(png_bytes(image)).decode("ascii"))
     return record
 
 

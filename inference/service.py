@@ -163,11 +163,15 @@ class Generation:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for name, image in zip(self.file_names(), self.images):
-                png = io.BytesIO()
-                image.save(png, format="PNG")
-                archive.writestr(name, png.getvalue())
+                archive.writestr(name, png_bytes(image))
             archive.writestr("generation.json", json.dumps(self.to_dict(), indent=2))
         return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def recognise(classifier: OnnxClassifier, images: Sequence[Image.Image], intended: str) -> list[Recognition]:
