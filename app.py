@@ -36,8 +36,6 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home at launch
 
-import torchvision_compat  # noqa: E402,F401  (must run before anything imports torchvision)
-
 import collections  # noqa: E402
 import html  # noqa: E402
 import logging  # noqa: E402
@@ -48,10 +46,10 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import torchvision_compat  # noqa: E402,F401  (must run before anything imports torchvision)
+from inference.card import GROUPS, ModelCard, evaluation_columns, group_accuracy, group_name, group_rule_text  # noqa: E402  # noqa: E402
 from inference.classifier import ClassScore, OnnxClassifier, Prediction, describe, record  # noqa: E402
 from inference.images import ImageLoadError  # noqa: E402
-from inference.metadata import GROUP_DISPLAY, GROUPS, ModelCard  # noqa: E402
-from inference.model_card import evaluation_columns, group_accuracy, group_rule_text  # noqa: E402
 from inference.service import (  # noqa: E402
     ClassChoice,
     Generation,
@@ -99,7 +97,7 @@ UNKNOWN_COLOUR = "#999999"
 def group_legend_html() -> str:
     items = "".join(
         f'<span style="margin-right:1em"><span style="display:inline-block;width:0.8em;height:0.8em;'
-        f'background:{GROUP_COLOURS[group]};margin-right:0.3em"></span>{GROUP_DISPLAY[group]}</span>'
+        f'background:{GROUP_COLOURS[group]};margin-right:0.3em"></span>{group_name(group)}</span>'
         for group in GROUPS
     )
     return f'<div class="lt-legend" style="margin:0.3em 0 0.6em">{items}</div>'
@@ -129,7 +127,7 @@ def class_bars_html(scores: list[ClassScore]) -> str:
     for score in scores:
         colour = GROUP_COLOURS.get(score.group, UNKNOWN_COLOUR)
         count = "count unknown" if score.train_count is None else f"{score.train_count:,} train"
-        group = "group unknown" if score.group is None else f"{GROUP_DISPLAY[score.group]} class"
+        group = "group unknown" if score.group is None else f"{group_name(score.group)} class"
         rows.append(
             _bar_row(score.name, score.probability, colour, f"{score.probability:.1%}", count, f"{score.name}: {group}")
         )
@@ -148,8 +146,8 @@ def histogram_html(card: ModelCard) -> str:
             card.class_counts[i] / largest,
             GROUP_COLOURS[card.class_groups[i]],
             f"{card.class_counts[i]:,}",
-            f"{GROUP_DISPLAY[card.class_groups[i]]}",
-            f"{card.class_names[i]}: {card.class_counts[i]:,} training images, {GROUP_DISPLAY[card.class_groups[i]]} class",
+            f"{group_name(card.class_groups[i])}",
+            f"{card.class_names[i]}: {card.class_counts[i]:,} training images, {group_name(card.class_groups[i])} class",
         )
         for i in order
     )
@@ -177,7 +175,7 @@ def metrics_html(card: ModelCard) -> str:
     rows = [("Overall", [evaluation.get("overall") for _, evaluation in columns])]
     for rule in rules:
         for group in GROUPS:
-            label = f"{GROUP_DISPLAY[group]} classes (by {rule}{', primary' if rule == primary else ''})"
+            label = f"{group_name(group)} classes (by {rule}{', primary' if rule == primary else ''})"
             rows.append((label, [group_accuracy(evaluation, rule, group) for _, evaluation in columns]))
 
     head = "".join(f"<th style='text-align:right;padding:0 0.8em'>{html.escape(h)}</th>" for h, _ in columns)
@@ -238,7 +236,7 @@ def class_choice_label(choice: ClassChoice) -> str:
     if choice.group is None:
         return choice.name
     noun = "image" if choice.train_count == 1 else "images"
-    return f"{choice.name} · {GROUP_DISPLAY[choice.group]} · {choice.train_count:,} training {noun}"
+    return f"{choice.name} · {group_name(choice.group)} · {choice.train_count:,} training {noun}"
 
 
 def generated_caption(generation: Generation, index: int) -> str:

@@ -17,8 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+from inference.card import markdown_document
 from inference.classifier import MODEL_ERRORS, OnnxClassifier, record
-from inference.model_card import markdown_document
 from inference.service import GeneratorService, Limits, ModelCatalog, Studio
 
 DEFAULT_GENERATOR = "model_zoo/cifar10_lt_generator"

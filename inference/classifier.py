@@ -22,14 +22,14 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from inference.images import ImageLoadError, load_image, to_rgb
-from inference.metadata import (
+from inference.card import (
     FORMAT_KEY,
-    GROUP_DISPLAY,
     MissingMetadataError,
     ModelCard,
     Preprocessing,
+    group_name,
 )
+from inference.images import ImageLoadError, load_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def describe(score: ClassScore) -> str:
     if score.group is None:
         return f"{score.name} · training counts unknown"
     noun = "image" if score.train_count == 1 else "images"
-    return f"{score.name} · {GROUP_DISPLAY[score.group]} class · {score.train_count:,} training {noun}"
+    return f"{score.name} · {group_name(score.group)} class · {score.train_count:,} training {noun}"
 
 
 class OnnxClassifier:

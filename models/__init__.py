@@ -9,9 +9,7 @@ Method heads (projection MLPs, second branches) attach to `forward_features`, ne
 """
 
 import torchvision_compat  # noqa: F401  (must run before anything imports torchvision)
-
-from models.registry import create_model, get_preprocessing, list_models, register_model
-
 from models import resnet_cifar, resnet_imagenet  # noqa: F401,E402  (registers the models)
+from models.registry import create_model, get_preprocessing, list_models, register_model
 
 __all__ = ["create_model", "get_preprocessing", "list_models", "register_model"]

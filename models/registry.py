@@ -7,7 +7,7 @@ from typing import Callable
 
 from torch import nn
 
-from inference.metadata import Preprocessing
+from inference.card import Preprocessing
 
 CIFAR_PREPROCESSING = Preprocessing(
     input_size=[3, 32, 32], mean=[0.4914, 0.4822, 0.4465], std=[0.2470, 0.2435, 0.2616],

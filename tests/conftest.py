@@ -14,11 +14,11 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import torchvision_compat  # noqa: E402,F401  (before anything imports torchvision)
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+import torchvision_compat  # noqa: E402,F401  (before anything imports torchvision)
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CLASS_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black", "orange", "purple"]

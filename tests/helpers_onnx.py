@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from inference.metadata import ModelCard, Preprocessing, embed_card
+from inference.card import ModelCard, Preprocessing, embed_card
 
 CLASS_NAMES = ["cat", "dog", "bird"]
 CLASS_COUNTS = [500, 60, 7]

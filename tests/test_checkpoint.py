@@ -3,15 +3,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import train_interrupted_and_resumed
 from safetensors.torch import load_file
 
 import training.train as trainer
 from models import create_model
-from training.checkpoint import (CheckpointError, load_checkpoint, restore_model, restore_optimizer,
-                                 save_checkpoint)
+from training.checkpoint import CheckpointError, load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from training.config import ConfigError, load_config
-
-from conftest import train_interrupted_and_resumed
 
 CONFIG = "configs/cifar10_lt/ce.yaml"
 

@@ -7,17 +7,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_images, train_interrupted_and_resumed
+
 from models import create_model
 from training.config import ConfigError, load_config
 from training.contrastive import balanced_contrastive_loss
 from training.lt_data import ArrayDataset
 from training.methods import build_method
-from training.methods.concutmix import (BackgroundForegroundDataset, BCLModel, ConCutMixOptions, NormedLinear,
-                                        rectification_weight, rectified_label, semantic_label)
+from training.methods.concutmix import (
+    BackgroundForegroundDataset,
+    BCLModel,
+    ConCutMixOptions,
+    NormedLinear,
+    rectification_weight,
+    rectified_label,
+    semantic_label,
+)
 from training.mixing import cutmix_box, paste_box
-
 
 # ------------------------------------------------------------------------------ rectified label and ρ
 

@@ -39,7 +39,7 @@ def test_every_shipped_model_has_a_complete_card(path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_model_card_document_is_current(path):
-    from inference.model_card import markdown_document
+    from inference.card import markdown_document
 
     assert path.with_suffix(".md").read_text() == markdown_document(OnnxClassifier(path).card, path.stem)
 

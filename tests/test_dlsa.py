@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import make_images
 from PIL import Image
 from torch import nn
-
-from conftest import make_images
 
 import training.methods.dlsa_fit as dlsa_fit
 import training.train as trainer
@@ -23,8 +22,14 @@ from training.config import ConfigError, load_config
 from training.evaluate import evaluate_checkpoint
 from training.export import export_checkpoint, export_onnx
 from training.features import load_features
-from training.flow_training import (FlowFitSettings, PairSampler, PosteriorBalance, cluster_statistics, fit_flow,
-                                    reverse_frequency_weights)
+from training.flow_training import (
+    FlowFitSettings,
+    PairSampler,
+    PosteriorBalance,
+    cluster_statistics,
+    fit_flow,
+    reverse_frequency_weights,
+)
 from training.flows import MADE, FlowBatchNorm, FlowGMM
 from training.methods.dlsa import DlsaModel, DlsaOptions, quantile_threshold, route
 
@@ -250,7 +255,7 @@ def test_model_cascade_matches_a_per_sample_loop(latent_z):
 
 
 def test_routed_model_exports_to_onnx_with_parity(tmp_path):
-    from inference.metadata import ModelCard
+    from inference.card import ModelCard
 
     model = random_dlsa_model(depth=2, latent_z=True)
     card = ModelCard(class_names=["a", "b", "c"], class_counts=[30, 10, 3], class_groups=["many", "medium", "few"],

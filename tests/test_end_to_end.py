@@ -85,8 +85,9 @@ def test_classifier_and_predict_cli_on_the_exported_model(exported_model, tmp_pa
 
 
 def test_app_serves_the_exported_model(exported_model, tmp_path):
-    import app
     from gradio_client import Client, handle_file
+
+    import app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import training.train as trainer
-from inference.metadata import FORMAT_KEY, ModelCard
+from inference.card import FORMAT_KEY, ModelCard
 from training.config import load_config
 from training.evaluate import load_trained
 from training.export import ExportError, card_from_info, export_checkpoint, export_onnx

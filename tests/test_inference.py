@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inference.card import MissingMetadataError, Preprocessing
 from inference.classifier import (
     BATCH_SIZE,
     ClassScore,
@@ -20,7 +21,6 @@ from inference.classifier import (
     resolve_model,
 )
 from inference.images import ImageLoadError
-from inference.metadata import MissingMetadataError, Preprocessing
 from tests.helpers_onnx import CLASS_COUNTS, CLASS_GROUPS, CLASS_NAMES, identity_model, make_card, tiny_net_path, write_model
 
 REPO = Path(__file__).resolve().parents[1]

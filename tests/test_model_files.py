@@ -5,11 +5,11 @@ And no code path unpickles anything."""
 import re
 
 import pytest
+from conftest import REPO_ROOT
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import app
-from conftest import REPO_ROOT
 from inference.server import create_app
 from inference.service import ModelCatalog, RequestError, Studio
 from tests.helpers_onnx import identity_model, make_card, tiny_net_path, write_model

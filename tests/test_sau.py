@@ -7,18 +7,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CLASS_NAMES, make_images, train_interrupted_and_resumed, write_cifar_like_npz, write_synthetic_set
 from PIL import Image
 
-from conftest import (CLASS_NAMES, make_images, train_interrupted_and_resumed, write_cifar_like_npz,
-                      write_synthetic_set)
 from models import create_model
 from models.registry import CIFAR_PREPROCESSING, IMAGENET_PREPROCESSING
 from training.config import ConfigError, load_config
 from training.contrastive import supervised_contrastive_loss
 from training.lt_data import ArrayDataset, DatasetBundle
 from training.methods import build_method
-from training.methods.sau import (RealSyntheticDataset, class_prototypes, clean_synthetic, cutmix, noisy_labels,
-                                  real_and_synthetic, sau_views, synthetic_aware_loss)
+from training.methods.sau import (
+    RealSyntheticDataset,
+    class_prototypes,
+    clean_synthetic,
+    cutmix,
+    noisy_labels,
+    real_and_synthetic,
+    sau_views,
+    synthetic_aware_loss,
+)
 from training.mixing import sample_beta
 from training.transforms import Cutout, MultipleViews, eval_transform
 

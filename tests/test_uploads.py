@@ -374,8 +374,8 @@ def test_the_references_are_not_what_a_naive_decoder_gives(models_dir):
 
 def test_a_long_strip_is_never_resized_whole(uploads, monkeypatch):
     """Only the window the centre crop keeps is resized: a strip costs kilobytes, not gigabytes."""
+    from inference.card import Preprocessing
     from inference.classifier import MAX_RESIZED_PIXELS, preprocess
-    from inference.metadata import Preprocessing
 
     real_resize, sizes = Image.Image.resize, []
 

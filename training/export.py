@@ -17,13 +17,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from inference.card import ModelCard, Preprocessing, embed_card
 from inference.images import ImageLoadError
-from inference.metadata import ModelCard, Preprocessing, embed_card
 from training.config import ConfigError
 from training.evaluate import load_trained
 from training.lt_data import build_datasets
 from training.transforms import eval_transform
-
 
 RELATIVE_TOLERANCE = 1e-6
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.metadata import GROUPS
+from inference.card import GROUPS
 from training.config import GroupConfig
 
 

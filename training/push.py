@@ -22,9 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from inference.card import ModelCard, evaluation_columns, markdown_document
 from inference.hub import HubRef
-from inference.metadata import ModelCard
-from inference.model_card import evaluation_columns, markdown_document
 
 # The Hub's ids of the data sets our long-tailed versions are drawn from (only those we know for sure).
 HUB_DATASETS = {"cifar10_lt": "uoft-cs/cifar10", "cifar100_lt": "uoft-cs/cifar100"}

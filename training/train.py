@@ -26,8 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from inference.metadata import GROUPS
-from inference.model_card import evaluation_columns, group_accuracy
+from inference.card import GROUPS, evaluation_columns, group_accuracy
 from training.checkpoint import (
     CheckpointError,
     atomic_write_text,

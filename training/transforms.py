@@ -14,7 +14,7 @@ import math
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from inference.metadata import Preprocessing
+from inference.card import Preprocessing
 
 
 def _interpolation(name: str) -> InterpolationMode:

@@ -19,15 +19,28 @@ from torch import nn
 from training.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, restore_model, save_checkpoint
 from training.config import ConfigError, config_from_dict, parse_options, save_config
 from training.evaluate import load_trained
-from training.features import (backbone_of, bundle_features, check_same_training_set, feature_metadata,
-                               load_features, save_features)
+from training.features import (
+    backbone_of,
+    bundle_features,
+    check_same_training_set,
+    feature_metadata,
+    load_features,
+    save_features,
+)
 from training.flow_training import FlowFitSettings, fit_flow, score
 from training.groups import shot_accuracy
 from training.lt_data import build_datasets
-from training.methods.dlsa import (DlsaStage, StageClassifier, cluster_priors, init_from_linear, quantile_threshold,
-                                   route, stage_seed, train_classifier)
-from training.train import (check_output_dir, check_unchanged, format_metrics_table, model_card_info,
-                            resolve_device)
+from training.methods.dlsa import (
+    DlsaStage,
+    StageClassifier,
+    cluster_priors,
+    init_from_linear,
+    quantile_threshold,
+    route,
+    stage_seed,
+    train_classifier,
+)
+from training.train import check_output_dir, check_unchanged, format_metrics_table, model_card_info, resolve_device
 
 SPLITS = ("train", "val", "test")
 VARIANTS = ("selected", "last", "oracle")  # val-selected, last epoch, test-selected classifier states

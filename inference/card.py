@@ -1,0 +1,215 @@
+"""The model card: what a trained classifier knows about its data, in one typed record, and how it is stored and shown.
+
+One card travels the whole way (docs: README "Architecture"):
+
+    training (training/run.py `describe_training`) → the checkpoint's JSON (`ModelCard.to_checkpoint_info`)
+    → export (`ModelCard.from_checkpoint_info`, `embed_card`) → the ONNX file's `metadata_props`
+    → every reader (`ModelCard.from_metadata_props`: the classifier, the service, the app, push)
+
+Groups have one stored form, GROUPS (the literature's many / medium / few, as in every file written so far),
+and one display form, `group_name` (head / medium / tail), used by the CLI tables, the cards, HTTP and the app.
+Metadata values are JSON strings; the format key marks our files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FORMAT_KEY = "longtail_studio.format"
+FORMAT_VERSION = "1"
+
+GROUPS = ("many", "medium", "few")  # stored: checkpoints, ONNX metadata, JSON records
+GROUP_NAMES = {"many": "head", "medium": "medium", "few": "tail"}  # shown to people
+
+
+def group_name(group: str) -> str:
+    """The display name of a stored group: many → head, medium → medium, few → tail."""
+    return GROUP_NAMES[group]
+
+
+class MissingMetadataError(ValueError):
+    """An ONNX file that was not exported by this project (or lost its metadata)."""
+
+
+@dataclass
+class Preprocessing:
+    input_size: list[int]  # (channels, height, width)
+    mean: list[float]
+    std: list[float]
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0  # resize the shorter side to size / crop_pct, then centre-crop
+
+    @property
+    def resize_to(self) -> int:
+        return int(round(min(self.input_size[1:]) / self.crop_pct))
+
+
+@dataclass
+class ModelCard:
+    class_names: list[str]
+    class_counts: list[int]
+    class_groups: list[str]  # one of GROUPS per class
+    group_rule: dict  # e.g. {"rule": "count", "many_above": 100, "few_below": 20}
+    preprocessing: Preprocessing
+    model_name: str = ""
+    method: str = ""
+    dataset: str = ""
+    imbalance_factor: float | None = None
+    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    git_revision: str = ""
+    checkpoint: dict = field(default_factory=dict)  # which weights these are: {"which": "val-selected", "epoch": 52}
+
+    def __post_init__(self):
+        n = len(self.class_names)
+        if len(self.class_counts) != n or len(self.class_groups) != n:
+            raise ValueError("class_names, class_counts and class_groups must have one entry per class")
+        unknown = set(self.class_groups) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown class groups {sorted(unknown)}; expected {GROUPS}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ------------------------------------------------------------------ the checkpoint's JSON (training side)
+
+    def to_checkpoint_info(self) -> dict:
+        """The card's training-time fields, as a checkpoint's JSON stores them (metrics and which checkpoint
+        are added by the trainer when they are known)."""
+        info = asdict(self)
+        del info["metrics"], info["checkpoint"]
+        return info
+
+    @classmethod
+    def from_checkpoint_info(cls, info: dict) -> ModelCard:
+        """The card of a loaded checkpoint (`training.checkpoint.load_checkpoint`'s info), field by field."""
+        return cls(
+            class_names=info["class_names"], class_counts=info["class_counts"], class_groups=info["class_groups"],
+            group_rule=info["group_rule"], preprocessing=Preprocessing(**info["preprocessing"]),
+            model_name=info.get("model_name", ""), method=info.get("method", ""), dataset=info.get("dataset", ""),
+            imbalance_factor=info.get("imbalance_factor"), metrics=info.get("metrics", {}),
+            config=info.get("config", {}), git_revision=info.get("git_revision", ""),
+            checkpoint={"which": "val-selected" if Path(info["path"]).name == "best" else "last",
+                        "epoch": info["epoch"]})
+
+    # -------------------------------------------------------------------------- the ONNX file (serving side)
+
+    def to_metadata_props(self) -> dict[str, str]:
+        props = {FORMAT_KEY: FORMAT_VERSION}
+        for key, value in asdict(self).items():
+            props[key] = json.dumps(value)
+        return props
+
+    @classmethod
+    def from_metadata_props(cls, props: dict[str, str], source: str = "model") -> ModelCard:
+        if props.get(FORMAT_KEY) != FORMAT_VERSION:
+            raise MissingMetadataError(
+                f"{source} has no LongTail Studio metadata (key '{FORMAT_KEY}' is missing or has an "
+                "unknown version). Export it with `python -m training export`, or pass the class "
+                "names explicitly (--class-names) to use a foreign model."
+            )
+        try:
+            values = {key: json.loads(props[key]) for key in cls.__dataclass_fields__ if key in props}
+            values["preprocessing"] = Preprocessing(**values["preprocessing"])
+            return cls(**values)
+        except (KeyError, TypeError, ValueError) as error:
+            raise MissingMetadataError(f"{source} has incomplete or corrupt metadata: {error}") from error
+
+
+def embed_card(onnx_model, card: ModelCard) -> None:
+    """Replace the metadata_props of an `onnx.ModelProto` with the card."""
+    del onnx_model.metadata_props[:]
+    for key, value in card.to_metadata_props().items():
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+# ------------------------------------------------------------------------------------------- the card in words
+
+
+def group_rule_text(card: ModelCard) -> str:
+    """How the classes were split into head/medium/tail, in words, with the class count per group."""
+    rule = dict(card.group_rule)
+    kind = rule.pop("rule", None)
+    if kind == "unknown":
+        return "This model has no LongTail Studio metadata, so its training counts and groups are unknown."
+    if kind == "count" and {"many_above", "few_below"} <= rule.keys():
+        text = (
+            f"Groups by training images per class: head (many-shot) = more than {rule.pop('many_above')}, "
+            f"tail (few-shot) = fewer than {rule.pop('few_below')}, medium = the rest."
+        )
+    elif kind == "rank" and {"head_fraction", "tail_fraction"} <= rule.keys():
+        text = (
+            f"Groups by rank of training count: head = the {rule.pop('head_fraction'):.0%} of classes with the "
+            f"most training images, tail = the {rule.pop('tail_fraction'):.0%} with the fewest, medium = the rest."
+        )
+    else:
+        text = f"Groups by rule {kind!r}."
+    if rule:
+        text += " Parameters: " + ", ".join(f"{key} = {value}" for key, value in rule.items()) + "."
+    sizes = ", ".join(f"{group_name(g)}: {card.class_groups.count(g)}" for g in GROUPS)
+    return f"{text} Classes per group: {sizes}."
+
+
+# (key in the metrics dict, split, label): the evaluations a run records, in display order.
+EVALUATIONS = (
+    ("last_epoch", "test", "last epoch"),
+    ("val_selected", "test", "val-selected"),
+    ("val_selected", "val", "val-selected, on validation"),
+    ("test_oracle_best", "test", "test-selected, oracle"),
+)
+
+
+def evaluation_columns(metrics: dict, splits=("test", "val")) -> list[tuple[str, object, dict]]:
+    """(label, epoch, evaluation) for every evaluation present in `metrics` on the given splits."""
+    columns = []
+    for key, split, label in EVALUATIONS:
+        entry = (metrics or {}).get(key) or {}
+        if split in splits and entry.get(split):
+            columns.append((label, entry.get("epoch", "?"), entry[split]))
+    return columns
+
+
+def group_accuracy(evaluation: dict, rule: str, group: str):
+    return ((evaluation.get("groups") or {}).get(rule) or {}).get(group)
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def markdown_document(card: ModelCard, title: str) -> str:
+    """Everything in the card, for people: data, groups, accuracy (last vs val-selected), provenance."""
+    pre = card.preprocessing
+    weights = card.checkpoint
+    lines = [
+        f"# {title}", "",
+        f"- **Weights:** {weights.get('which', '?')} checkpoint, epoch {weights.get('epoch', '?')}  " if weights
+        else "- **Weights:** not recorded  ",
+        f"- **Method:** {card.method}  ",
+        f"- **Model:** {card.model_name}  ",
+        f"- **Dataset:** {card.dataset}, imbalance factor {card.imbalance_factor:g}  " if card.imbalance_factor
+        else f"- **Dataset:** {card.dataset}  ",
+        f"- **Input:** {pre.interpolation} resize to {pre.resize_to}, centre crop {pre.input_size[1]}x"
+        f"{pre.input_size[2]}, mean {pre.mean}, std {pre.std}  ",
+        f"- **Git revision:** `{card.git_revision}`", "",
+        "## Training data", "", group_rule_text(card), "",
+        "| class | training images | group |", "|---|---:|---|",
+    ]
+    lines += [f"| {name} | {count} | {group_name(group)} |"
+              for name, count, group in zip(card.class_names, card.class_counts, card.class_groups)]
+    rule = card.group_rule.get("rule", "count")
+    columns = evaluation_columns(card.metrics, splits=("test",))
+    if columns:
+        lines += ["", "## Test accuracy (%)", "",
+                  "| checkpoint | epoch | overall | " + " | ".join(group_name(g) for g in GROUPS) + " |",
+                  "|---|---:|---:|" + "---:|" * len(GROUPS)]
+        for label, epoch, evaluation in columns:
+            lines.append(f"| {label} | {epoch} | {_percent(evaluation.get('overall'))} | "
+                         + " | ".join(_percent(group_accuracy(evaluation, rule, g)) for g in GROUPS) + " |")
+        lines += ["", f"Groups by the {rule} rule. The val-selected checkpoint was chosen on a held-out validation "
+                  "split; the oracle row picks the best test epoch, as the papers do, and is not a fair estimate."]
+    return "\n".join(lines) + "\n"
