@@ -47,7 +47,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import torchvision_compat  # noqa: E402,F401  (must run before anything imports torchvision)
-from inference.card import GROUPS, ModelCard, evaluation_columns, group_accuracy, group_name, group_rule_text  # noqa: E402  # noqa: E402
+from inference.card import GROUPS, ModelCard, evaluation_columns, group_accuracy, group_name, group_rule_text  # noqa: E402
 from inference.classifier import ClassScore, OnnxClassifier, Prediction, describe, record  # noqa: E402
 from inference.images import ImageLoadError  # noqa: E402
 from inference.service import (  # noqa: E402
