@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torchvision_compat  # noqa: F401  (before anything imports torchvision)
-
-# isort: split
 import torch
 
 from inference.generators import open_generator

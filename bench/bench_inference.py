@@ -26,16 +26,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torchvision_compat  # noqa: F401  (before anything imports torchvision)
-
-# isort: split
 import numpy as np
 import onnx
 import torch
@@ -44,6 +37,8 @@ from onnx import numpy_helper
 from inference.classifier import OnnxClassifier
 from inference.images import load_image
 from models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def torch_model_from_onnx(onnx_path: Path, model_name: str, num_classes: int) -> torch.nn.Module:

@@ -24,15 +24,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torchvision_compat  # noqa: F401  (before anything imports torchvision)
-
-# isort: split
 from servers import (
     DEFAULT_IMAGE,
     DEFAULT_MODEL,

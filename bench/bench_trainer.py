@@ -29,16 +29,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torchvision_compat  # noqa: F401  (before anything imports torchvision)
-
-# isort: split
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,8 +40,10 @@ from training.config import load_config
 from training.engine import AmpStep, train_one_epoch
 from training.loading import make_loader
 from training.lt_data import ArrayDataset, DatasetBundle, build_datasets, subset
-from training.methods import build_method
+from training.registry import build_method
 from training.transforms import eval_transform
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bare_epoch(model, loader, optimizer, amp: str, channels_last: bool) -> int:

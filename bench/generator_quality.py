@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torchvision_compat  # noqa: F401  (before anything imports torchvision)
-
-# isort: split
 from inference.generators import open_generator
 from training.synthesize import recognition_report, synthesize
 from training.synthetic_set import read_synthetic_set

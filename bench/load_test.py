@@ -34,11 +34,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torchvision_compat  # noqa: F401  (before anything imports torchvision)
-
-# isort: split
 from servers import (
     DEFAULT_IMAGE,
     DEFAULT_MODEL,

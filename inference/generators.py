@@ -8,10 +8,13 @@
 Every image gets its own seed (`image_seeds`), drawn into its own starting noise, so an image depends only
 on (seed, class, index): a resumed or re-batched synthesis reproduces the same pictures.
 
-The class-conditional model is a diffusers folder (`unet/` + `scheduler/`) plus `generator.json` with the
-class names, image size and default sampling settings. It is trained by `python -m training
-train-generator`, works offline, and samples with classifier-free guidance when it was trained with class
-dropout (the extra "no class" embedding is the last index).
+The class-conditional model is a generator folder (`unet/` + `scheduler/` + `generator.json` with the
+class names, image size and default sampling settings; the contract is in inference.generator_folder). It is
+trained by `python -m training train-generator`, works offline, and samples with classifier-free guidance when
+it was trained with class dropout (the extra "no class" embedding is the last index).
+
+`generator.sampling_settings(class_index, steps, guidance)` says which steps and guidance a `generate` call
+with those arguments uses, checked the same way.
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ import torch
 from PIL import Image
 
 import torchvision_compat  # noqa: F401  (before diffusers, which imports torchvision)
+from inference.generator_folder import (
+    GENERATOR_FORMAT,  # noqa: F401  (it and GeneratorError live with the folder contract; importable from here too)
+    GeneratorError,
+    GeneratorInfo,
+    is_generator_folder,
+    read_generator_info,
+)
 from inference.hub import HubError, resolve_generator_source
 
-GENERATOR_FORMAT = "longtail_studio.generator/1"
 DEFAULT_PROMPT_TEMPLATE = "A photo of a {class}."
 Progress = Callable[[int, int], None]  # (finished denoising steps, total steps)
-
-
-class GeneratorError(ValueError):
-    """A generator that cannot be opened or asked for something it cannot do; the message says why."""
 
 
 def image_seeds(seed: int, class_index: int, first: int, count: int) -> list[int]:
@@ -53,10 +58,15 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
-class _Sampling:
-    """What both generators share: defaults for steps and guidance, and the checks on a request."""
+class Sampling:
+    """What both generators share: defaults for steps and guidance, and the checks on a request. A subclass
+    has `class_names`, `default_steps`, `default_guidance` and `supports_guidance`."""
 
-    def _settings(self, class_index: int, steps: int | None, guidance: float | None) -> tuple[int, float]:
+    def sampling_settings(self, class_index: int, steps: int | None = None,
+                          guidance: float | None = None) -> tuple[int, float]:
+        """The (steps, guidance) that `generate(class_index, ..., steps=steps, guidance=guidance)` samples with:
+        None (or 0 steps) means the generator's default. GeneratorError for a class index out of range, or
+        guidance other than 1 from a generator that cannot guide."""
         if not 0 <= class_index < len(self.class_names):
             raise GeneratorError(f"class index {class_index} is out of range (0-{len(self.class_names) - 1})")
         guidance = self.default_guidance if guidance is None else guidance
@@ -66,12 +76,12 @@ class _Sampling:
 
 
 @dataclass
-class ClassConditionalGenerator(_Sampling):
+class ClassConditionalGenerator(Sampling):
     """Our UNet2DModel with class embeddings, sampled with DDIM (deterministic, eta = 0)."""
 
     unet: torch.nn.Module
     scheduler: object
-    info: dict
+    info: GeneratorInfo
     source: str
     bf16: bool = True  # autocast the UNet to bfloat16
     kind: str = "class_conditional"
@@ -81,13 +91,7 @@ class ClassConditionalGenerator(_Sampling):
         from diffusers import DDIMScheduler, UNet2DModel
 
         directory = Path(directory)
-        try:
-            info = json.loads((directory / "generator.json").read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise GeneratorError(f"{directory}/generator.json is missing or unreadable: {error}") from error
-        if info.get("format") != GENERATOR_FORMAT:
-            raise GeneratorError(f"{directory}/generator.json is not a LongTail Studio generator "
-                                 f"(format {GENERATOR_FORMAT} expected)")
+        info = read_generator_info(directory)
         try:
             # low_cpu_mem_usage needs accelerate, which we do not install; asking for it only prints a warning.
             unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True, local_files_only=True,
@@ -99,27 +103,27 @@ class ClassConditionalGenerator(_Sampling):
 
     @property
     def class_names(self) -> list[str]:
-        return self.info["class_names"]
+        return self.info.class_names
 
     @property
     def image_size(self) -> int:
-        return int(self.info["image_size"])
+        return self.info.image_size
 
     @property
     def default_steps(self) -> int:
-        return int(self.info.get("default_steps", 20))
+        return self.info.default_steps
 
     @property
     def default_guidance(self) -> float:
-        return float(self.info.get("default_guidance", 1.0))
+        return float(self.info.default_guidance)
 
     @property
     def supports_guidance(self) -> bool:
-        return self.info.get("null_class_index") is not None
+        return self.info.supports_guidance
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "source": self.source, "model_id": self.info.get("name", Path(self.source).name),
-                "trained": self.info.get("training", {}), "sampler": "DDIM (eta 0)"}
+        return {"kind": self.kind, "source": self.source, "model_id": self.info.name,
+                "trained": self.info.training, "sampler": "DDIM (eta 0)"}
 
     def prompt(self, class_index: int, index: int) -> str | None:
         return None
@@ -128,14 +132,14 @@ class ClassConditionalGenerator(_Sampling):
     def generate(self, class_index: int, count: int, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, first_index: int = 0, progress: Progress | None = None,
                  ) -> list[Image.Image]:
-        steps, guidance = self._settings(class_index, steps, guidance)
+        steps, guidance = self.sampling_settings(class_index, steps, guidance)
         device = next(self.unet.parameters()).device
         size = self.image_size
         sample = _noise(image_seeds(seed, class_index, first_index, count), (3, size, size)).to(device)
         labels = torch.full((count,), class_index, device=device)
         guided = guidance != 1.0
         if guided:
-            labels = torch.cat([labels, torch.full((count,), self.info["null_class_index"], device=device)])
+            labels = torch.cat([labels, torch.full((count,), self.info.null_class_index, device=device)])
         scheduler = self.scheduler
         scheduler.set_timesteps(steps)
         for done, timestep in enumerate(scheduler.timesteps, 1):
@@ -153,7 +157,7 @@ class ClassConditionalGenerator(_Sampling):
 
 
 @dataclass
-class TextToImageGenerator(_Sampling):
+class TextToImageGenerator(Sampling):
     """Any diffusers text-to-image pipeline (Stable Diffusion and the like), from the Hub or a local folder.
 
     Prompts: `prompt_template` with {class} replaced, or per-class lists from a JSON prompts file
@@ -211,7 +215,7 @@ class TextToImageGenerator(_Sampling):
     def generate(self, class_index: int, count: int, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, first_index: int = 0, progress: Progress | None = None,
                  ) -> list[Image.Image]:
-        steps, guidance = self._settings(class_index, steps, guidance)
+        steps, guidance = self.sampling_settings(class_index, steps, guidance)
         seeds = image_seeds(seed, class_index, first_index, count)
         prompts = [self.prompt(class_index, first_index + k) for k in range(count)]
 
@@ -252,7 +256,7 @@ def open_generator(source: str | Path, class_names: list[str] | None = None, ima
     except HubError as error:  # callers handle one error type
         raise GeneratorError(str(error)) from error
     path = Path(source)
-    if (path / "generator.json").is_file():
+    if is_generator_folder(path):
         generator = ClassConditionalGenerator.load(path, device)
         if class_names is not None and list(class_names) != generator.class_names:
             raise GeneratorError(f"{path} was trained on the classes {generator.class_names}, "

@@ -35,14 +35,14 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from inference.generator_folder import GENERATOR_DOWNLOAD_PATTERNS, INFO_FILE
+
 log = logging.getLogger(__name__)
 
 PREFIX = "hf://"
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 # owner/name, then @revision, then an optional path; '%2F' in a revision stands for '/' (refs%2Fpr%2F1).
 REF_PATTERN = re.compile(r"hf://(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]*))?(?:/(?P<path>.*))?")
-# What open_generator needs from a generator folder; the rest of the repo is never downloaded.
-GENERATOR_FILES = ("generator.json", "unet/*", "scheduler/*", "README.md")
 
 
 class HubError(ValueError):
@@ -139,9 +139,10 @@ def resolve_generator_source(source: str, revision: str | None) -> tuple[str, st
         raise HubError(f"{source} is pinned to {ref.revision}, but the revision {revision} was also given: "
                        "give it once, in the reference")
     if _holds_generator(ref):
-        return str(hub_folder(ref, list(GENERATOR_FILES))), None
+        # Only what opening the generator needs: the rest of the repo is never downloaded.
+        return str(hub_folder(ref, list(GENERATOR_DOWNLOAD_PATTERNS))), None
     if ref.path:
-        raise HubError(f"{source} holds no generator.json: only a LongTail Studio generator can be a folder in a "
+        raise HubError(f"{source} holds no {INFO_FILE}: only a LongTail Studio generator can be a folder in a "
                        "repo; a diffusers text-to-image model must be a repo's root (hf://owner/name@<commit sha>)")
     return ref.repo_id, ref.revision
 
@@ -158,10 +159,10 @@ def _holds_generator(ref: HubRef) -> bool:
     """Whether the folder at `ref` is a LongTail Studio generator; the local cache answers when it knows."""
     if isinstance(_cached(ref.join("model_index.json")), str):
         return False  # a diffusers pipeline, already cached (maybe for offline use)
-    if _cached(ref.join("generator.json")) is _CACHED_NO_EXIST:
+    if _cached(ref.join(INFO_FILE)) is _CACHED_NO_EXIST:
         return False  # the Hub said so before
     try:
-        hub_file(ref.join("generator.json"))
+        hub_file(ref.join(INFO_FILE))
     except _MissingFile:
         return False
     return True

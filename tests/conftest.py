@@ -12,7 +12,10 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The packages import from this checkout even when it is not installed (`pip install -e .`), in this process and
+# in the subprocesses the tests start (the CLI, torchrun ranks, servers).
 sys.path.insert(0, str(REPO_ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -98,6 +101,7 @@ def train_interrupted_and_resumed(config_path: str, overrides: list[str], work: 
     KeyboardInterrupt during epoch `die_in_epoch` (before its checkpoint, like a kill) followed by --resume."""
     import training.train as trainer
     from training.config import load_config
+    from training.run import resume_config
 
     trainer.train(load_config(config_path, overrides), work / "straight")
     real_epoch, calls = trainer.train_one_epoch, []
@@ -112,7 +116,7 @@ def train_interrupted_and_resumed(config_path: str, overrides: list[str], work: 
     with pytest.raises(KeyboardInterrupt):
         trainer.train(load_config(config_path, overrides), work / "resumed")
     monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
-    trainer.train(trainer.resume_config(work / "resumed", config_path, overrides), work / "resumed", resume=True)
+    trainer.train(resume_config(work / "resumed", config_path, overrides), work / "resumed", resume=True)
     return work / "straight", work / "resumed"
 
 

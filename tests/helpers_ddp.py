@@ -8,11 +8,7 @@ waiting in a collective until torchrun stops them. Everything else is the ordina
 
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torchvision_compat  # noqa: F401  (before anything imports torchvision)
 import training.train as trainer
 from training.__main__ import main
 

@@ -10,6 +10,7 @@ import training.train as trainer
 from models import create_model
 from training.checkpoint import CheckpointError, load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from training.config import ConfigError, load_config
+from training.run import resume_config
 
 CONFIG = "configs/cifar10_lt/ce.yaml"
 
@@ -119,12 +120,12 @@ def test_resume_keeps_the_saved_config(tmp_path, tiny_config_overrides):
     run = tmp_path / "run"
     trainer.train(load_config(CONFIG, tiny_config_overrides + ["optim.epochs=1"]), run)
     same_command = tiny_config_overrides + ["optim.epochs=1"]
-    assert trainer.resume_config(run, CONFIG, same_command).optim.epochs == 1
+    assert resume_config(run, CONFIG, same_command).optim.epochs == 1
     with pytest.raises(ConfigError, match="differs from it in optim.lr; only data.root"):
-        trainer.resume_config(run, CONFIG, same_command + ["optim.lr=0.3"])
+        resume_config(run, CONFIG, same_command + ["optim.lr=0.3"])
     with pytest.raises(ConfigError, match="differs from it in optim.lr"):
-        trainer.resume_config(run, None, ["optim.lr=0.3"])
-    config = trainer.resume_config(run, None, ["run.threads=1", "data.root=elsewhere.npz"])
+        resume_config(run, None, ["optim.lr=0.3"])
+    config = resume_config(run, None, ["run.threads=1", "data.root=elsewhere.npz"])
     assert config.run.threads == 1 and config.data.root == "elsewhere.npz" and config.optim.epochs == 1
 
 
@@ -132,8 +133,6 @@ def test_resume_keeps_the_saved_config(tmp_path, tiny_config_overrides):
 # epoch `die_in_epoch`, with weights and optimizer state half-updated in memory, like a preempted machine.
 KILLED_MID_EPOCH = """
 import os, signal, sys
-sys.path.insert(0, {root!r})
-import torchvision_compat
 import training.train as trainer
 from training.__main__ import main
 

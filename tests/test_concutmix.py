@@ -13,7 +13,6 @@ from models import create_model
 from training.config import ConfigError, load_config
 from training.contrastive import balanced_contrastive_loss
 from training.lt_data import ArrayDataset
-from training.methods import build_method
 from training.methods.concutmix import (
     BackgroundForegroundDataset,
     BCLModel,
@@ -24,6 +23,7 @@ from training.methods.concutmix import (
     semantic_label,
 )
 from training.mixing import cutmix_box, paste_box
+from training.registry import build_method
 
 # ------------------------------------------------------------------------------ rectified label and ρ
 
@@ -169,15 +169,16 @@ def test_bcl_model_has_one_centre_per_class_and_deploys_the_backbone(normed):
 
 
 def test_method_options_are_type_checked():
-    config = load_config("configs/cifar10_lt/concutmix.yaml", ["method_options.topk=three"])
+    """...when the config is loaded, into the method's typed options, before any data is read."""
     with pytest.raises(ConfigError, match="topk"):
-        build_method(config, [50, 20, 5])
-    config = load_config("configs/cifar10_lt/concutmix.yaml", ["method_options.tmperature=0.2"])
+        load_config("configs/cifar10_lt/concutmix.yaml", ["method_options.topk=three"])
     with pytest.raises(ConfigError, match="did you mean 'method_options.temperature'"):
-        build_method(config, [50, 20, 5])
-    config = load_config("configs/cifar10_lt/concutmix.yaml", ["method_options.foreground_sampler=random"])
+        load_config("configs/cifar10_lt/concutmix.yaml", ["method_options.tmperature=0.2"])
     with pytest.raises(ConfigError, match="foreground_sampler"):
-        build_method(config, [50, 20, 5])
+        load_config("configs/cifar10_lt/concutmix.yaml", ["method_options.foreground_sampler=random"])
+    options = load_config("configs/cifar10_lt/concutmix.yaml", ["method_options.topk=5"]).method_options
+    assert type(options).__name__ == "ConCutMixOptions" and options.topk == 5
+    assert build_method(load_config("configs/cifar10_lt/concutmix.yaml"), [50, 20, 5]).options.topk == 3
 
 
 def _tiny_batch(num_classes=3, batch=8):
@@ -203,13 +204,13 @@ def test_training_step_takes_a_finite_loss_and_reaches_every_part_of_the_model(e
 
 def test_cifar_and_imagenet_configs_match_the_released_recipe():
     cifar10 = load_config("configs/cifar10_lt/concutmix.yaml")
-    assert (cifar10.method_options["topk"], cifar10.method_options["omega"], cifar10.loss.tau) == (3, 2 / 255, 0.85)
+    assert (cifar10.method_options.topk, cifar10.method_options.omega, cifar10.loss.tau) == (3, 2 / 255, 0.85)
     assert (cifar10.data.batch_size, cifar10.optim.lr, cifar10.optim.weight_decay) == (256, 0.15, 5e-4)
     cifar100 = load_config("configs/cifar100_lt/concutmix.yaml")
-    assert (cifar100.method_options["topk"], cifar100.method_options["omega"], cifar100.loss.tau) == (30, 20 / 255, 0.9)
+    assert (cifar100.method_options.topk, cifar100.method_options.omega, cifar100.loss.tau) == (30, 20 / 255, 0.9)
     imagenet = load_config("configs/imagenet_lt/concutmix.yaml")
-    assert imagenet.method_options["normed_classifier"] and imagenet.method_options["feat_dim"] == 1024
-    assert (imagenet.method_options["temperature"], imagenet.optim.schedule, imagenet.optim.epochs) == (0.07, "cosine", 90)
+    assert imagenet.method_options.normed_classifier and imagenet.method_options.feat_dim == 1024
+    assert (imagenet.method_options.temperature, imagenet.optim.schedule, imagenet.optim.epochs) == (0.07, "cosine", 90)
 
 
 def test_resume_reaches_the_same_weights(tmp_path, tiny_config_overrides, monkeypatch):

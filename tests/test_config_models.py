@@ -6,7 +6,7 @@ import torch
 from models import create_model, get_preprocessing, list_models
 from training.config import ConfigError, load_config
 from training.generator_training import load_generator_config
-from training.methods import method_class
+from training.registry import method_class
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 # configs/generator/ holds generator-training configs; every other folder holds classifier-training configs.
@@ -16,7 +16,8 @@ CONFIGS = sorted(set(CONFIG_ROOT.rglob("*.yaml")) - set(GENERATOR_CONFIGS))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_loads(path):
-    method_class(load_config(path))  # method_options included
+    config = load_config(path)  # method_options included, parsed into the method's options
+    assert isinstance(config.method_options, method_class(config.method).options_class)
 
 
 @pytest.mark.parametrize("path", GENERATOR_CONFIGS, ids=lambda p: p.name)

@@ -20,9 +20,10 @@ from models import create_model
 from training import distributed
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
-from training.evaluate import load_trained
 from training.loading import GlobalBatchSampler, SeededItems
-from training.train import check_process_count, seed_epoch
+from training.run import seed_epoch
+from training.train import check_process_count
+from training.trained import load_trained
 
 CE = "configs/cifar10_lt/ce.yaml"
 CONCUTMIX = "configs/cifar10_lt/concutmix.yaml"

@@ -31,7 +31,7 @@ from training.flow_training import (
     reverse_frequency_weights,
 )
 from training.flows import MADE, FlowBatchNorm, FlowGMM
-from training.methods.dlsa import DlsaModel, DlsaOptions, quantile_threshold, route
+from training.methods.dlsa_model import DlsaModel, DlsaOptions, quantile_threshold, route
 
 CE_CONFIG = "configs/cifar10_lt/ce.yaml"
 DLSA_CONFIG = "configs/cifar10_lt/dlsa.yaml"

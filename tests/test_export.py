@@ -9,8 +9,8 @@ import torch
 import training.train as trainer
 from inference.card import FORMAT_KEY, ModelCard
 from training.config import load_config
-from training.evaluate import load_trained
-from training.export import ExportError, card_from_info, export_checkpoint, export_onnx
+from training.export import ExportError, export_checkpoint, export_onnx
+from training.trained import load_trained
 
 CONFIG = "configs/cifar10_lt/ce.yaml"
 
@@ -63,8 +63,8 @@ def test_exported_graph_has_a_dynamic_batch_and_matches_torch(trained_run, tmp_p
 
 
 def test_parity_failure_is_loud_and_writes_nothing(trained_run, tmp_path):
-    _, method, model, info = load_trained(trained_run)
-    card = card_from_info(info)
+    _, method, model, info = trained = load_trained(trained_run)
+    card = trained.card
     with pytest.raises(ExportError, match="disagree"):
         export_onnx(method.classifier(model), card.preprocessing, card, tmp_path / "m.onnx", tolerance=-1.0)
     assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@ through the CLI, the text-to-image path on a tiny randomly initialised Stable Di
 configs (with a CLIP tokenizer built here), `synthesize` with its top-up counts, resume and filter."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,13 @@ import torch
 from conftest import CLASS_NAMES, REPO_ROOT
 from PIL import Image
 
+from inference.generator_folder import (
+    GENERATOR_FORMAT,
+    GeneratorInfo,
+    is_generator_folder,
+    read_generator_info,
+    write_generator_info,
+)
 from inference.generators import GeneratorError, image_seeds, open_generator
 from training.synthetic_set import read_synthetic_set, top_up_counts
 
@@ -50,6 +58,7 @@ def test_train_generator_writes_a_loadable_generator(tiny_generator):
     assert info["class_counts"][0] > info["class_counts"][-1]  # trained on the long-tailed split
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [2, 4]
     assert list((folder / "unet").glob("*.safetensors")), "weights must be safetensors"
+    assert read_generator_info(folder).to_dict() == info  # what the trainer writes is what the reader reads
 
     generator = open_generator(folder)
     calls = []
@@ -107,6 +116,71 @@ def test_generator_config_errors_are_clear(tmp_path):
     result = run_cli("train-generator", "--config", "configs/generator/cifar10_lt.yaml", "--output-dir",
                      str(tmp_path / "x"), *overrides("train.sampler=uniform"), check=False)
     assert result.returncode == 2 and "train.sampler must be one of" in result.stderr
+
+
+def test_sampling_settings_are_the_ones_generate_uses(tiny_generator):
+    generator = open_generator(tiny_generator[1])
+    assert generator.sampling_settings(3) == (3, 1.0)  # the defaults train.default_steps / default_guidance wrote
+    assert generator.sampling_settings(3, steps=5, guidance=2.0) == (5, 2.0)
+    with pytest.raises(GeneratorError, match="out of range"):
+        generator.sampling_settings(10)
+
+
+# ------------------------------------------------------------------------------------- the generator folder
+
+SHIPPED_GENERATOR = REPO_ROOT / "model_zoo" / "cifar10_lt_generator"
+
+
+@pytest.fixture
+def generator_folder(tmp_path):
+    """The shipped generator.json with empty unet/ and scheduler/ folders: the contract without the weights."""
+    folder = tmp_path / "generator"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "scheduler").mkdir()
+    shutil.copy2(SHIPPED_GENERATOR / "generator.json", folder / "generator.json")
+    return folder
+
+
+def test_shipped_generator_info_reads_and_rewrites_byte_for_byte(tmp_path):
+    info = read_generator_info(SHIPPED_GENERATOR)
+    assert info.name == "cifar10_lt_class_conditional_ddim" and len(info.class_names) == 10
+    assert (info.image_size, info.null_class_index, info.default_steps, info.default_guidance) == (32, 10, 10, 3.0)
+    assert info.supports_guidance and info.training["steps"] == 3600 and "sampling_defaults_note" in info.extra
+    assert is_generator_folder(SHIPPED_GENERATOR) and not is_generator_folder(tmp_path)
+    written = write_generator_info(tmp_path, info)
+    assert written.read_bytes() == (SHIPPED_GENERATOR / "generator.json").read_bytes()
+    assert list(tmp_path.iterdir()) == [written]  # the temporary file is gone
+
+
+def test_generator_info_write_read_round_trip(generator_folder):
+    info = GeneratorInfo(name="toy", class_names=["a", "b"], class_counts=[9, 1], dataset="toy-lt", image_size=8,
+                         null_class_index=None, default_steps=4, default_guidance=1.0, training={"steps": 2},
+                         config={"image_size": 8}, extra={"note": "kept"})
+    write_generator_info(generator_folder, info)
+    assert read_generator_info(generator_folder) == info
+    assert json.loads((generator_folder / "generator.json").read_text())["format"] == GENERATOR_FORMAT
+
+
+def edit_info(folder, **changes):
+    info = json.loads((folder / "generator.json").read_text())
+    (folder / "generator.json").write_text(json.dumps({**info, **changes}))
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda folder: (folder / "generator.json").unlink(), "it has no generator.json"),
+    (lambda folder: (folder / "generator.json").write_text("{not json"), "is not valid JSON"),
+    (lambda folder: edit_info(folder, format="someone.else/2"), "has the format 'someone.else/2'"),
+    (lambda folder: (folder / "unet").rmdir(), "unet/ is missing"),
+    (lambda folder: edit_info(folder, image_size="large"), "'image_size' must be a positive whole number"),
+    (lambda folder: edit_info(folder, class_counts=[1, 2]), "'class_counts' has 2 entries for 10 classes"),
+], ids=["no generator.json", "not JSON", "wrong format", "no unet", "bad image size", "counts mismatch"])
+def test_generator_folder_problems_are_named(generator_folder, break_it, message):
+    break_it(generator_folder)
+    with pytest.raises(GeneratorError, match=message):
+        read_generator_info(generator_folder)
+    if is_generator_folder(generator_folder):  # without generator.json it is not ours, for open_generator too
+        with pytest.raises(GeneratorError, match=message):  # open_generator reports the same problem
+            open_generator(generator_folder)
 
 
 def test_top_up_counts():

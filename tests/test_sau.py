@@ -15,7 +15,6 @@ from models.registry import CIFAR_PREPROCESSING, IMAGENET_PREPROCESSING
 from training.config import ConfigError, load_config
 from training.contrastive import supervised_contrastive_loss
 from training.lt_data import ArrayDataset, DatasetBundle
-from training.methods import build_method
 from training.methods.sau import (
     RealSyntheticDataset,
     class_prototypes,
@@ -27,6 +26,7 @@ from training.methods.sau import (
     synthetic_aware_loss,
 )
 from training.mixing import sample_beta
+from training.registry import build_method
 from training.transforms import Cutout, MultipleViews, eval_transform
 
 CONFIG = "configs/cifar10_lt/sau.yaml"

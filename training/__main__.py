@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "train":
             from training.config import load_config
-            from training.train import resume_config, train
+            from training.run import resume_config
+            from training.train import train
 
             train(_config(args, load_config, resume_config), args.output_dir, resume=args.resume)
             close_distributed()

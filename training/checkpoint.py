@@ -45,10 +45,10 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), lambda target: Path(target).write_text(text))
+    atomic_write(Path(path), lambda target: Path(target).write_text(text))
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -98,7 +98,7 @@ def save_checkpoint(path_stem: Path, model: torch.nn.Module, info: dict,
         tensors.update({k: v.contiguous().cpu() for k, v in optimizer_tensors.items()})
     for name, value in (extra_tensors or {}).items():
         tensors[f"extra.{name}"] = value.detach().contiguous().cpu()
-    _atomic_write(weights, lambda target: save_file(tensors, target, metadata={"save_id": save_id}))
+    atomic_write(weights, lambda target: save_file(tensors, target, metadata={"save_id": save_id}))
     atomic_write_text(path_stem.with_suffix(".json"), json.dumps(info, indent=1))
     for stale in path_stem.parent.glob(f"{path_stem.name}.*.safetensors"):
         if stale != weights:  # older saves, and tensors of a save that crashed before its JSON

@@ -1,6 +1,8 @@
 """Typed training configuration: dataclasses, YAML files under configs/, `--set key=value` overrides.
 
-Unknown keys and ill-typed values are errors, never silently ignored.
+Unknown keys and ill-typed values are errors, never silently ignored. `method_options` are parsed here too,
+into the registered method's options dataclass (training/registry.py), so a loaded config is fully typed and a bad
+option fails before any data is read.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from pathlib import Path
 import yaml
 
 from models import list_models
-
-
-class ConfigError(ValueError):
-    pass
+from training.errors import ConfigError
+from training.registry import method_class
 
 
 @dataclass
@@ -92,7 +92,8 @@ class RunConfig:
 @dataclass
 class Config:
     method: str = "erm"  # erm (ce / logit_adjusted / balanced_softmax through `loss`); methods register more
-    method_options: dict = field(default_factory=dict)  # checked by the method's own options dataclass
+    # A mapping in YAML; after config_from_dict, an instance of the method's `options_class` dataclass.
+    method_options: object = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -151,8 +152,16 @@ def _build(cls, values: dict, where: str = ""):
 
 
 def parse_options(cls, values: dict, where: str):
-    """A method's options dataclass from `method_options`, with the same checks as the main config."""
+    """A dataclass from a mapping, with the same checks as the main config (`where` prefixes the key names)."""
     return _build(cls, values, where)
+
+
+def parse_method_options(method: str, values) -> object:
+    """`method_options` → the method's typed options (its `options_class`), checked key by key."""
+    options_class = method_class(method).options_class
+    if isinstance(values, dict) and values and not dataclasses.fields(options_class):
+        raise ConfigError(f"method '{method}' takes no method_options (got {sorted(values)})")
+    return _build(options_class, values, "method_options.")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -200,6 +209,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def config_from_dict(tree: dict) -> Config:
     config = _build(Config, tree)
+    config.method_options = parse_method_options(config.method, config.method_options)
     validate(config)
     return config
 
@@ -210,12 +220,9 @@ def validate(config: Config) -> None:
         "loss.name": (config.loss.name, ("ce", "logit_adjusted", "balanced_softmax")),
         "optim.schedule": (config.optim.schedule, ("step", "cosine")),
         "groups.rule": (config.groups.rule, ("count", "rank")),
-        "run.amp": (config.run.amp, ("none", "bf16", "fp16")),
-        "run.device": (config.run.device, ("auto", "cpu", "cuda")),
     }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
+    _check_choices(choices)
+    validate_run(config.run)
     if config.data.imbalance_factor < 1:
         raise ConfigError("data.imbalance_factor is n_max / n_min and must be >= 1 (100 means IF 100)")
     for key, value in (("optim.epochs", config.optim.epochs), ("data.batch_size", config.data.batch_size)):
@@ -225,11 +232,27 @@ def validate(config: Config) -> None:
         raise ConfigError("data.num_workers and data.val_per_class cannot be negative")
     if config.groups.head_fraction + config.groups.tail_fraction > 1:
         raise ConfigError("groups.head_fraction + groups.tail_fraction must not exceed 1")
-    if config.run.amp == "fp16" and config.run.device == "cpu":
-        raise ConfigError("run.amp=fp16 needs CUDA; use bf16 on CPU (or none)")
     if config.model.name not in list_models():
         raise ConfigError(f"model.name '{config.model.name}' is not registered; available: {', '.join(list_models())}")
 
 
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def validate_run(run: RunConfig) -> None:
+    """The `run` section, which every command shares (the classifier's and the generator's configs alike)."""
+    _check_choices({"run.amp": (run.amp, ("none", "bf16", "fp16")),
+                    "run.device": (run.device, ("auto", "cpu", "cuda"))})
+    if run.device != "auto":  # `auto` is checked once it is resolved (training.engine.AmpStep)
+        check_amp(run.amp, run.device)
+    if run.threads < 0 or run.eval_test_every < 0:
+        raise ConfigError("run.threads and run.eval_test_every cannot be negative")
+
+
+def check_amp(amp: str, device_type: str) -> None:
+    """The one rule on mixed precision and devices: fp16 (with its gradient scaler) needs CUDA."""
+    if amp == "fp16" and device_type != "cuda":
+        raise ConfigError("run.amp=fp16 needs CUDA; use bf16 on CPU (or none)")
+
+
+def _check_choices(choices: dict) -> None:
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")

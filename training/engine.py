@@ -1,4 +1,4 @@
-"""`train_one_epoch` and `predict` as plain functions, the learning-rate schedule and the one AMP step helper."""
+"""`train_one_epoch`, `evaluate` and `predict` as plain functions, the learning-rate schedule and the one AMP step helper."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.config import OptimConfig
+from training.config import Config, OptimConfig, check_amp
 from training.distributed import all_reduce_sum, is_main
+from training.groups import shot_accuracy
+from training.loading import make_loader
 
 
 class AmpStep:
     """Autocast + backward + optimizer step in one place (fp16 gets a gradient scaler; bf16 and fp32 do not)."""
 
     def __init__(self, amp: str, device: torch.device):
-        if amp == "fp16" and device.type != "cuda":
-            raise ValueError("run.amp=fp16 needs CUDA; use bf16 on CPU (or none)")
+        check_amp(amp, device.type)
         self.device_type = device.type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
@@ -47,14 +48,23 @@ class AmpStep:
             self.scaler.load_state_dict(state)
 
 
+def scheduled_lr(base_lr: float, done: float, warmup: float, total: float, schedule: str = "cosine",
+                 milestones=(), gamma: float = 0.1) -> float:
+    """The LR once `done` units of training (epochs, possibly fractional, or steps) are complete, counting the
+    current step: linear warm-up over `warmup` units, then step decay at `milestones` or cosine to 0 at `total`.
+    The one schedule of the classifier and the generator trainers."""
+    if done < warmup:
+        return base_lr * done / warmup
+    if schedule == "step":
+        return base_lr * gamma ** sum(done >= milestone for milestone in milestones)
+    progress = (done - warmup) / max(total - warmup, 1e-8)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def learning_rate(config: OptimConfig, epoch: float) -> float:
-    """LR at a fractional epoch: linear warm-up, then step decay at the milestones or cosine to 0."""
-    if epoch < config.warmup_epochs:
-        return config.lr * epoch / config.warmup_epochs
-    if config.schedule == "step":
-        return config.lr * config.gamma ** sum(epoch >= milestone for milestone in config.milestones)
-    progress = (epoch - config.warmup_epochs) / max(config.epochs - config.warmup_epochs, 1e-8)
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    """The classifier's LR at a fractional epoch."""
+    return scheduled_lr(config.lr, epoch, config.warmup_epochs, config.epochs, config.schedule, config.milestones,
+                        config.gamma)
 
 
 def to_device(batch, device: torch.device, channels_last: bool):
@@ -98,6 +108,13 @@ def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config
     seconds = time.perf_counter() - start
     return {"loss": total_loss / max(num_images, 1), "lr": lr, "seconds": seconds,
             "images_per_second": num_images / max(seconds, 1e-9)}
+
+
+def evaluate(classifier, dataset, config: Config, train_counts, device: torch.device, desc: str) -> dict:
+    """Accuracy overall, per class and per group (training.groups.shot_accuracy) of `classifier` on `dataset`."""
+    loader = make_loader(dataset, config.data.batch_size, config.data.num_workers, shuffle=False)
+    predictions, labels = predict(classifier, loader, device, config.run.channels_last, config.run.progress, desc)
+    return shot_accuracy(predictions, labels, train_counts, config.groups)
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ barely trained model can emit logits in the thousands, where float32 itself cann
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from torch import nn
 from inference.card import ModelCard, Preprocessing, embed_card
 from inference.images import ImageLoadError
 from training.config import ConfigError
-from training.evaluate import load_trained
 from training.lt_data import build_datasets
+from training.trained import load_trained
 from training.transforms import eval_transform
 
 RELATIVE_TOLERANCE = 1e-6
@@ -79,15 +78,6 @@ def export_onnx(classifier: nn.Module, preprocessing: Preprocessing, card: Model
     return differences
 
 
-def card_from_info(info: dict) -> ModelCard:
-    fields = {f.name for f in dataclasses.fields(ModelCard)}
-    values = {key: info[key] for key in fields if key in info}
-    values["preprocessing"] = Preprocessing(**info["preprocessing"])
-    values["checkpoint"] = {"which": "val-selected" if Path(info["path"]).name == "best" else "last",
-                            "epoch": info["epoch"]}
-    return ModelCard(**values)
-
-
 def real_test_images(config, preprocessing: Preprocessing, count: int = 64) -> torch.Tensor | None:
     """A fixed sample of test images for the parity check, or None if the data is not on this machine."""
     try:
@@ -100,10 +90,10 @@ def real_test_images(config, preprocessing: Preprocessing, count: int = 64) -> t
 
 
 def export_checkpoint(checkpoint, output, which: str = "best", overrides=(), tolerance: float = 1e-4) -> dict:
-    config, method, model, info = load_trained(checkpoint, which, overrides)
-    card = card_from_info(info)
-    differences = export_onnx(method.classifier(model), card.preprocessing, card, output,
-                              real_test_images(config, card.preprocessing), tolerance)
+    trained = load_trained(checkpoint, which, overrides)
+    card, info = trained.card, trained.info
+    differences = export_onnx(trained.classifier, card.preprocessing, card, output,
+                              real_test_images(trained.config, card.preprocessing), tolerance)
     size_mb = Path(output).stat().st_size / 2**20
     print(f"wrote {output} ({size_mb:.1f} MB) from {info['path']} (epoch {info['epoch']}); "
           "parity max abs difference: " + ", ".join(f"{k} {v:.2e}" for k, v in differences.items()))

@@ -17,11 +17,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from training.checkpoint import CheckpointError, _atomic_write
+from training.checkpoint import CheckpointError, atomic_write
 from training.config import ConfigError
 from training.engine import to_device
 from training.loading import make_loader
 from training.lt_data import build_datasets
+from training.run import start_run
+from training.trained import load_trained
 from training.transforms import eval_transform
 
 SPLITS = ("train", "val", "test")
@@ -71,7 +73,7 @@ def save_features(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
     path.parent.mkdir(parents=True, exist_ok=True)
     strings = {key: json.dumps(value) for key, value in metadata.items()}
     tensors = {key: value.contiguous() for key, value in tensors.items()}
-    _atomic_write(path, lambda target: save_file(tensors, target, metadata=strings))
+    atomic_write(path, lambda target: save_file(tensors, target, metadata=strings))
 
 
 def load_features(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -102,11 +104,8 @@ def extract_features(checkpoint, which: str = "best", overrides=(), output: str 
     """Features and labels of every split of a trained run's data; written to `output` when given.
 
     Returns {"<split>_features": ..., "<split>_labels": ..., "metadata": {...}}."""
-    from training.evaluate import load_trained
-    from training.train import resolve_device
-
     config, method, model, info = load_trained(checkpoint, which, overrides)
-    device = resolve_device(config.run.device)
+    device = start_run(config.run)
     bundle = build_datasets(config.data)
     check_same_training_set(bundle, info)
     tensors = bundle_features(backbone_of(method, model), bundle, config, device)

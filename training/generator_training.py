@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from inference.generators import GENERATOR_FORMAT
-from training.checkpoint import git_revision, load_checkpoint, restore_model, restore_optimizer, save_checkpoint
-from training.config import ConfigError, DataConfig, RunConfig, parse_options, read_config_tree
-from training.engine import AmpStep
+from inference.generator_folder import CARD_FILE, GeneratorInfo, write_generator_info
+from training.checkpoint import git_revision, restore_model, restore_optimizer
+from training.config import ConfigError, DataConfig, RunConfig, parse_options, read_config_tree, validate_run
+from training.engine import AmpStep, scheduled_lr
 from training.lt_data import build_datasets
-from training.train import check_output_dir, resolve_device, resume_config, seed_epoch
+from training.run import resume_config, seed_epoch, start_run
+from training.run_dir import RunDir
 
 
 @dataclass
@@ -77,10 +75,16 @@ class GeneratorConfig:
 
 
 SAMPLERS = ("sqrt", "balance", "instance")
+LOG = "log.jsonl"  # one record per chunk of steps, in the run directory
+# Keys of the shared sections that the generator trainer does not use: setting one is an error, not a silent no-op.
+UNUSED_KEYS = {"data": {"batch_size": "train.batch_size"},
+               "run": {"channels_last": None, "eval_test_every": None, "sync_batchnorm": None}}
 
 
 def generator_config_from_dict(tree: dict) -> GeneratorConfig:
+    _refuse_unused_keys(tree)
     config = parse_options(GeneratorConfig, tree, "")
+    validate_run(config.run)
     unet, train = config.unet, config.train
     if train.sampler not in SAMPLERS:
         raise ConfigError(f"train.sampler must be one of {', '.join(SAMPLERS)}; got '{train.sampler}'")
@@ -92,9 +96,16 @@ def generator_config_from_dict(tree: dict) -> GeneratorConfig:
         raise ConfigError("every unet.block_out_channels entry must be a multiple of unet.norm_num_groups")
     if not 0 <= train.class_dropout < 1 or not 0 < train.ema_decay < 1 or train.steps < 1:
         raise ConfigError("train.class_dropout must lie in [0, 1), train.ema_decay in (0, 1), train.steps >= 1")
-    if config.run.amp == "fp16" and config.run.device == "cpu":
-        raise ConfigError("run.amp=fp16 needs CUDA; use bf16 on CPU (or none)")
     return config
+
+
+def _refuse_unused_keys(tree: dict) -> None:
+    for section, keys in UNUSED_KEYS.items():
+        given = tree.get(section) if isinstance(tree, dict) else None
+        for key, instead in keys.items():
+            if isinstance(given, dict) and key in given:
+                hint = f"; set {instead}" if instead else ""
+                raise ConfigError(f"{section}.{key} has no effect on the generator trainer{hint}")
 
 
 def load_generator_config(path: str | None, overrides=()) -> GeneratorConfig:
@@ -160,10 +171,8 @@ def sample_weights(labels: np.ndarray, sampler: str) -> torch.Tensor:
 
 
 def learning_rate(config: GeneratorTrainingConfig, step: int) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    """The LR of (0-based) step `step`: the classifier's schedule counted in steps, cosine to 0."""
+    return scheduled_lr(config.lr, step + 1, config.warmup_steps, config.steps, "cosine")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -171,12 +180,10 @@ def learning_rate(config: GeneratorTrainingConfig, step: int) -> float:
 
 def train_generator(config: GeneratorConfig, output_dir: str | Path, resume: bool = False) -> Path:
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, resume)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    device = resolve_device(config.run.device)
-    seed_epoch(config.run.seed, -1)
+    run = RunDir(output_dir)
+    run.prepare(resume)
+    device = start_run(config.run)
+    amp = AmpStep(config.run.amp, device)
 
     bundle = build_datasets(config.data)
     labels = bundle.train.labels
@@ -185,18 +192,18 @@ def train_generator(config: GeneratorConfig, output_dir: str | Path, resume: boo
     ema = Ema(unet, config.train.ema_decay)
     modules = torch.nn.ModuleDict({"unet": unet, "ema": ema.model})
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    amp = AmpStep(config.run.amp, device)
     train_scheduler, _ = noise_schedulers(config)
     null_class = num_classes if config.train.class_dropout > 0 else None
 
-    step, seconds = 0, 0.0
+    step, seconds, log = 0, 0.0, []
     if resume:
-        tensors, info = load_checkpoint(output_dir, "last")
+        tensors, info = run.load("last")
         restore_model(modules, tensors, info)
         restore_optimizer(optimizer, tensors, info)
         step, seconds = info["step"], info["train_seconds"]
+        log = [record for record in run.read_history(LOG) if record["step"] <= step]
         print(f"resuming {output_dir} after step {step}")
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run.save_config(config)
     print(f"{config.data.dataset}: {len(labels)} training images, {num_classes} classes, counts "
           f"{bundle.train_counts}; UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
 
@@ -217,16 +224,8 @@ def train_generator(config: GeneratorConfig, output_dir: str | Path, resume: boo
         for images, classes in loader:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config.train, step)
-            images, classes = images.to(device), classes.to(device)
-            if null_class is not None:
-                dropped = torch.rand(len(classes), device=device) < config.train.class_dropout
-                classes = torch.where(dropped, torch.full_like(classes, null_class), classes)
-            noise = torch.randn_like(images)
-            timesteps = torch.randint(0, config.train.train_timesteps, (len(images),), device=device)
             with amp.autocast():
-                predicted = unet(train_scheduler.add_noise(images, noise, timesteps), timesteps,
-                                 class_labels=classes).sample
-            loss = F.mse_loss(predicted.float(), noise)
+                loss = denoising_loss(unet, train_scheduler, images.to(device), classes.to(device), config, null_class)
             amp.step(loss, optimizer)
             ema.update(unet, step)
             losses.append(loss.item())
@@ -236,11 +235,23 @@ def train_generator(config: GeneratorConfig, output_dir: str | Path, resume: boo
         seconds += time.perf_counter() - started
         info = {"step": step, "train_seconds": seconds, "loss": float(np.mean(losses)),
                 "config": config.to_dict(), "class_names": bundle.class_names, "class_counts": bundle.train_counts}
-        save_checkpoint(output_dir / "last", modules, info, optimizer)
-        with open(output_dir / "log.jsonl", "a") as log:
-            log.write(json.dumps({"step": step, "loss": info["loss"], "train_seconds": round(seconds, 1)}) + "\n")
+        run.save("last", modules, info, optimizer)
+        log.append({"step": step, "loss": info["loss"], "train_seconds": round(seconds, 1)})
+        run.write_history(log, LOG)
     bar.close()
     return export_generator(output_dir, ema.model, config, bundle, step, seconds)
+
+
+def denoising_loss(unet, scheduler, images: torch.Tensor, classes: torch.Tensor, config: GeneratorConfig,
+                   null_class: int | None) -> torch.Tensor:
+    """DDPM's noise-prediction loss on a batch, with class dropout to "no class" for classifier-free guidance."""
+    if null_class is not None:
+        dropped = torch.rand(len(classes), device=classes.device) < config.train.class_dropout
+        classes = torch.where(dropped, torch.full_like(classes, null_class), classes)
+    noise = torch.randn_like(images)
+    timesteps = torch.randint(0, config.train.train_timesteps, (len(images),), device=images.device)
+    predicted = unet(scheduler.add_noise(images, noise, timesteps), timesteps, class_labels=classes).sample
+    return F.mse_loss(predicted.float(), noise)
 
 
 def export_generator(output_dir: Path, ema_unet, config: GeneratorConfig, bundle, step: int, seconds: float) -> Path:
@@ -249,51 +260,50 @@ def export_generator(output_dir: Path, ema_unet, config: GeneratorConfig, bundle
     target = output_dir / "generator"
     ema_unet.save_pretrained(target / "unet", safe_serialization=True)
     sampling_scheduler.save_pretrained(target / "scheduler")
-    info = {
-        "format": GENERATOR_FORMAT,
-        "name": f"{config.data.dataset}_class_conditional_ddim",
-        "class_names": bundle.class_names,
-        "class_counts": bundle.train_counts,
-        "dataset": config.data.dataset,
-        "imbalance_factor": config.data.imbalance_factor,
-        "image_size": config.image_size,
-        "null_class_index": bundle.num_classes if config.train.class_dropout > 0 else None,
-        "default_steps": config.train.default_steps,
-        "default_guidance": config.train.default_guidance,
-        "training": {"steps": step, "batch_size": config.train.batch_size, "train_seconds": round(seconds, 1),
-                     "device": str(next(ema_unet.parameters()).device), "git_revision": git_revision(),
-                     "parameters": sum(p.numel() for p in ema_unet.parameters())},
-        "config": config.to_dict(),
-    }
-    (target / "generator.json").write_text(json.dumps(info, indent=1))
-    (target / "README.md").write_text(generator_card(info))
+    info = GeneratorInfo(
+        name=f"{config.data.dataset}_class_conditional_ddim",
+        class_names=list(bundle.class_names),
+        class_counts=list(bundle.train_counts),
+        dataset=config.data.dataset,
+        imbalance_factor=config.data.imbalance_factor,
+        image_size=config.image_size,
+        null_class_index=bundle.num_classes if config.train.class_dropout > 0 else None,
+        default_steps=config.train.default_steps,
+        default_guidance=config.train.default_guidance,
+        training={"steps": step, "batch_size": config.train.batch_size, "train_seconds": round(seconds, 1),
+                  "device": str(next(ema_unet.parameters()).device), "git_revision": git_revision(),
+                  "parameters": sum(p.numel() for p in ema_unet.parameters())},
+        config=config.to_dict(),
+    )
+    # The card first: generator.json is what marks the folder as a generator, so it comes last.
+    (target / CARD_FILE).write_text(generator_card(info))
+    write_generator_info(target, info)
     print(f"generator written to {target} ({step} steps, {seconds / 60:.1f} min)")
     return target
 
 
 def resume_generator_config(output_dir: str | Path, config_path: str | None = None, overrides=()) -> GeneratorConfig:
     """Like the classifier trainer: only paths, workers, threads, progress and device may change on resume."""
-    saved = load_checkpoint(output_dir, "last")[1]["config"]
-    return resume_config(output_dir, config_path, overrides, build=generator_config_from_dict, saved_tree=saved)
+    return resume_config(output_dir, config_path, overrides, build=generator_config_from_dict)
 
 
-def generator_card(info: dict) -> str:
+def generator_card(info: GeneratorInfo) -> str:
     """The generator's card: what it was trained on, for how long, and how to sample from it."""
-    training, config = info["training"], info["config"]
-    counts = ", ".join(f"{name} {count}" for name, count in zip(info["class_names"], info["class_counts"]))
-    return f"""# {info["name"]}
+    training, config = info.training, info.config
+    counts = ", ".join(f"{name} {count}" for name, count in zip(info.class_names, info.class_counts))
+    return f"""# {info.name}
 
 A class-conditional diffusion model (diffusers `UNet2DModel`, {training["parameters"] / 1e6:.2f}M parameters,
-EMA weights) that makes {info["image_size"]}x{info["image_size"]} images of the classes below, for topping up
+EMA weights) that makes {info.image_size}x{info.image_size} images of the classes below, for topping up
 tail classes. Trained by `python -m training train-generator` with the DDPM noise-prediction loss
 ({config["train"]["train_timesteps"]} timesteps, {config["train"]["beta_schedule"]} schedule); sampled with DDIM.
 
-- Data: {info["dataset"]} training split only (imbalance factor {info["imbalance_factor"]}); per-class images: {counts}.
+- Data: {info.dataset} training split only (imbalance factor {info.imbalance_factor}); per-class images: {counts}.
 - Training: {training["steps"]} steps of {training["batch_size"]} images, classes drawn by
   `{config["train"]["sampler"]}`, class dropout {config["train"]["class_dropout"]} (classifier-free guidance
-  {"available" if info["null_class_index"] is not None else "not available"}); {training["train_seconds"] / 60:.1f} min on
+  {"available" if info.supports_guidance else "not available"}); {training["train_seconds"] / 60:.1f} min on
   {training["device"]}; source revision {training["git_revision"]}.
-- Sampling defaults: {info["default_steps"]} DDIM steps, guidance {info["default_guidance"]}.
+- Sampling defaults: {info.default_steps} DDIM steps, guidance {info.default_guidance}.
 
 ```bash
 python -m training synthesize --generator <this folder> --config configs/cifar10_lt/sau.yaml --output synthetic/

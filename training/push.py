@@ -14,7 +14,6 @@ with write access: `hf auth login`, or HF_TOKEN in the environment.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -23,11 +22,20 @@ from pathlib import Path
 import yaml
 
 from inference.card import ModelCard, evaluation_columns, markdown_document
+from inference.generator_folder import (
+    CARD_FILE,
+    GENERATOR_FORMAT,
+    INFO_FILE,
+    MODEL_FOLDERS,
+    GeneratorError,
+    GeneratorInfo,
+    is_generator_folder,
+    read_generator_info,
+)
 from inference.hub import HubRef
 
 # The Hub's ids of the data sets our long-tailed versions are drawn from (only those we know for sure).
 HUB_DATASETS = {"cifar10_lt": "uoft-cs/cifar10", "cifar100_lt": "uoft-cs/cifar100"}
-GENERATOR_FILES = ("generator.json", "README.md", "unet", "scheduler")
 
 
 class PushError(RuntimeError):
@@ -62,7 +70,7 @@ def stage(checkpoint, folder: Path, which: str = "best") -> str:
     if not source.exists():
         raise PushError(f"{source} does not exist (expected a run directory, an exported .onnx file or a "
                         "generator folder with generator.json)")
-    if (source / "generator.json").is_file():
+    if is_generator_folder(source):
         return stage_generator(source, folder)
     if source.suffix == ".onnx":
         return stage_classifier(source, _card(source), source.stem, folder)
@@ -93,23 +101,19 @@ def stage_classifier(onnx_file: Path, card: ModelCard, name: str, folder: Path) 
 
 
 def stage_generator(source: Path, folder: Path) -> str:
-    from inference.generators import GENERATOR_FORMAT
-
+    """A generator folder → the same files, its card under the Hub's front matter."""
     try:
-        info = json.loads((source / "generator.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise PushError(f"{source}/generator.json is unreadable: {error}") from error
-    missing = [name for name in ("unet", "scheduler") if not (source / name).is_dir()]
-    if info.get("format") != GENERATOR_FORMAT or missing:
+        info = read_generator_info(source)
+    except GeneratorError as error:
         raise PushError(f"{source} is not a complete LongTail Studio generator (format {GENERATOR_FORMAT}, "
-                        f"with unet/ and scheduler/){'; missing ' + ', '.join(missing) if missing else ''}")
-    for name in ("unet", "scheduler"):
+                        f"with unet/ and scheduler/): {error}") from error
+    for name in MODEL_FOLDERS:
         shutil.copytree(source / name, folder / name)
-    shutil.copy2(source / "generator.json", folder / "generator.json")
-    card = (source / "README.md").read_text() if (source / "README.md").is_file() else f"# {info.get('name', source.name)}\n"
+    shutil.copy2(source / INFO_FILE, folder / INFO_FILE)  # as it is: the file that was tested is the one pushed
+    card = (source / CARD_FILE).read_text() if (source / CARD_FILE).is_file() else f"# {info.name}\n"
     if not card.startswith("---\n"):  # keep front matter someone already wrote
         card = with_front_matter(generator_front_matter(info), card)
-    (folder / "README.md").write_text(card)
+    (folder / CARD_FILE).write_text(card)
     return ""
 
 
@@ -127,11 +131,11 @@ def classifier_front_matter(card: ModelCard) -> dict:
     return meta
 
 
-def generator_front_matter(info: dict) -> dict:
+def generator_front_matter(info: GeneratorInfo) -> dict:
     # No library_name: without model_index.json the Hub's diffusers snippet would not load it.
     meta = {"tags": ["long-tail", "longtail-studio", "diffusion", "class-conditional"]}
-    if info.get("dataset") in HUB_DATASETS:
-        meta["datasets"] = [HUB_DATASETS[info["dataset"]]]
+    if info.dataset in HUB_DATASETS:
+        meta["datasets"] = [HUB_DATASETS[info.dataset]]
     return meta
 
 

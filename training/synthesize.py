@@ -12,6 +12,7 @@ generation continues until the class is full, and the manifest records the model
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -19,10 +20,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from inference.generator_folder import is_generator_folder
 from inference.generators import GeneratorError, open_generator
 from models import get_preprocessing
 from training.config import ConfigError, load_config
 from training.lt_data import build_datasets
+from training.run import start_run
 from training.synthetic_set import append_records, class_folder, start_synthetic_set, top_up_counts
 
 MAX_ATTEMPTS_PER_IMAGE = 20  # with a filter: give up on a class after this many tries per wanted image
@@ -151,9 +154,9 @@ def print_recognition_report(report: dict) -> None:
 
 
 def synthesize_from_args(args) -> dict:
-    from training.train import resolve_device
-
     config = load_config(args.config, args.overrides)
+    # --device auto follows the config's run.device; the other run.* settings apply as in every command
+    device = str(start_run(config.run if args.device == "auto" else dataclasses.replace(config.run, device=args.device)))
     bundle = build_datasets(config.data)
     class_names, counts = bundle.class_names, bundle.train_counts
     image_size = get_preprocessing(config.model.name).input_size[-1]
@@ -166,7 +169,6 @@ def synthesize_from_args(args) -> dict:
         if unknown:
             raise ConfigError(f"--classes: unknown classes {unknown}; the dataset has {class_names}")
         wanted = [w if name in chosen else 0 for name, w in zip(class_names, wanted)]
-    device = str(resolve_device(args.device))
     generator = open_generator(args.generator, class_names, image_size, revision=args.revision, device=device,
                                **_text_to_image_options(args))
     if generator.image_size != image_size:
@@ -180,7 +182,7 @@ def synthesize_from_args(args) -> dict:
 
 
 def _text_to_image_options(args) -> dict:
-    if (Path(args.generator) / "generator.json").is_file():
+    if is_generator_folder(args.generator):
         return {}
     return {"prompt_template": args.prompt_template, "prompts_file": args.prompts_file,
             "generation_size": args.generation_size}

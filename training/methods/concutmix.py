@@ -28,6 +28,7 @@ from training.distributed import all_gather, shard, world_size
 from training.losses import build_loss
 from training.methods.base import Method
 from training.mixing import cutmix_box, paste_box, sample_beta
+from training.registry import register_method
 from training.transforms import contrastive_transform, strong_classification_transform
 
 
@@ -166,9 +167,9 @@ class BackgroundForegroundDataset(Dataset):
 # -------------------------------------------------------------------------------------------- method
 
 
+@register_method("concutmix")
 class ConCutMixMethod(Method):
     options_class = ConCutMixOptions
-    name = "concutmix"
 
     def __init__(self, config, class_counts):
         super().__init__(config, class_counts)
@@ -227,8 +228,7 @@ class ConCutMixMethod(Method):
         contrastive = balanced_contrastive_loss(embeddings, global_labels.repeat(2), centres, options.temperature)
         return options.alpha * classification + options.beta * contrastive
 
-    @staticmethod
-    def batch_size(batch) -> int:
+    def batch_size(self, batch) -> int:
         return len(batch[1][0])
 
     def classifier(self, model: nn.Module) -> nn.Module:

@@ -9,16 +9,13 @@ remaining-sample masks and the last / test-selected classifier states as extra t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
-from training.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, restore_model, save_checkpoint
-from training.config import ConfigError, config_from_dict, parse_options, save_config
-from training.evaluate import load_trained
+from training.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
+from training.config import ConfigError
 from training.features import (
     backbone_of,
     bundle_features,
@@ -27,10 +24,10 @@ from training.features import (
     load_features,
     save_features,
 )
-from training.flow_training import FlowFitSettings, fit_flow, score
+from training.flow_training import fit_flow, score
 from training.groups import shot_accuracy
 from training.lt_data import build_datasets
-from training.methods.dlsa import (
+from training.methods.dlsa_model import (
     DlsaStage,
     StageClassifier,
     cluster_priors,
@@ -40,50 +37,56 @@ from training.methods.dlsa import (
     stage_seed,
     train_classifier,
 )
-from training.train import check_output_dir, check_unchanged, format_metrics_table, model_card_info, resolve_device
+from training.run import describe_training, format_metrics_table, start_run
+from training.run_dir import RunDir
+from training.trained import load_trained
 
 SPLITS = ("train", "val", "test")
 VARIANTS = ("selected", "last", "oracle")  # val-selected, last epoch, test-selected classifier states
 
 
 def fit_dlsa(method_cls, config, output_dir: Path, resume: bool) -> dict:
-    options = parse_options(method_cls.options_class, config.method_options, "method_options.")
+    options = config.method_options
     if not options.base_checkpoint:
         raise ConfigError("DLSA needs method_options.base_checkpoint: the trained run whose features it uses")
-    _check_run_directory(output_dir, config, resume)
-    try:
-        base_config, base_method, base_model, base_info = load_trained(options.base_checkpoint, options.base_which)
-    except CheckpointError as error:
-        raise CheckpointError(f"method_options.base_checkpoint={options.base_checkpoint}: {error} "
-                              "(train the base run first, or point this at it)") from error
-    if base_config.model.name != config.model.name:
-        raise ConfigError(f"model.name is {config.model.name}, but the base run {base_info['path']} is a "
-                          f"{base_config.model.name}; set model.name to match it")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    device = resolve_device(config.run.device)
+    run = RunDir(output_dir)
+    run.prepare(resume, marker=RunDir.CONFIG)  # DLSA's progress lives in stage checkpoints; config.yaml comes first
+    base = _base_run(options, config)
+    device = start_run(config.run)
     bundle = build_datasets(config.data)
-    check_same_training_set(bundle, base_info)  # DLSA must see the base run's training set
+    check_same_training_set(bundle, base.info)  # DLSA must see the base run's training set
     if bundle.val is None:
         raise ConfigError("DLSA selects classifier epochs on the validation split; set data.val_per_class > 0")
 
     method = method_cls(config, bundle.train_counts)
     model = method.build_model()
-    base_backbone = backbone_of(base_method, base_model)
+    base_backbone = backbone_of(base.method, base.model)
     model.backbone.load_state_dict({k: v for k, v in base_backbone.state_dict().items() if not k.startswith("fc.")})
     linear = base_backbone.fc if options.init_from_backbone and isinstance(base_backbone.fc, nn.Linear) else None
-    card = dict(model_card_info(config, bundle, model),
-                base_checkpoint={"path": base_info["path"], "save_id": base_info["save_id"]})
-    save_config(config, output_dir / "config.yaml")
-    features = _features(output_dir / "features.safetensors", base_backbone, bundle, config, device, base_info,
+    card = dict(describe_training(config, bundle, model).to_checkpoint_info(),
+                base_checkpoint={"path": base.info["path"], "save_id": base.info["save_id"]})
+    run.save_config(config)
+    features = _features(output_dir / "features.safetensors", base_backbone, bundle, config, device, base.info,
                          options.base_which)
     sizes = ", ".join(f"{split} {len(features[split + '_labels'])}" for split in SPLITS)
-    print(f"{config.data.dataset}: DLSA on the features of {base_info['path']} ({sizes}), "
+    print(f"{config.data.dataset}: DLSA on the features of {base.info['path']} ({sizes}), "
           f"{options.max_depth} stage(s)")
 
     pieces = fit_pieces(model, features, options, config.run.seed, output_dir, linear, {"config": config.to_dict()})
-    return _finish(config, output_dir, model, pieces, features, card, bundle.train_counts)
+    return _finish(config, run, model, pieces, features, card, bundle.train_counts)
+
+
+def _base_run(options, config):
+    """The trained run DLSA builds on, which must have the same backbone."""
+    try:
+        base = load_trained(options.base_checkpoint, options.base_which)
+    except CheckpointError as error:
+        raise CheckpointError(f"method_options.base_checkpoint={options.base_checkpoint}: {error} "
+                              "(train the base run first, or point this at it)") from error
+    if base.config.model.name != config.model.name:
+        raise ConfigError(f"model.name is {config.model.name}, but the base run {base.info['path']} is a "
+                          f"{base.config.model.name}; set model.name to match it")
+    return base
 
 
 def fit_pieces(model, features: dict, options, seed: int, output_dir: Path, linear: nn.Linear | None = None,
@@ -111,16 +114,8 @@ def fit_pieces(model, features: dict, options, seed: int, output_dir: Path, line
     variants, record, _ = _restore_or_fit(output_dir / "regular", model.regular,
                                           lambda r: fitter.regular(r, last_stage, open_masks), info, device)
     pieces.append(("regular", model.regular, variants, record))
-    atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(p[3]) + "\n" for p in pieces))
+    RunDir(output_dir).write_history([record for *_, record in pieces])
     return pieces
-
-
-def _check_run_directory(output_dir: Path, config, resume: bool) -> None:
-    """DLSA's progress lives in stage checkpoints, so its config.yaml (written first) marks a started run."""
-    check_output_dir(output_dir, resume, marker="config.yaml")
-    if resume:
-        saved = config_from_dict(yaml.safe_load((output_dir / "config.yaml").read_text())).to_dict()
-        check_unchanged(config, saved, output_dir)
 
 
 def _features(path: Path, backbone, bundle, config, device, base_info: dict, which: str) -> dict:
@@ -179,11 +174,6 @@ class _StageFitter:
         torch.manual_seed(stage_seed(self.seed, self.options.max_depth))
         return StageClassifier(num_features, num_features, self.num_classes)
 
-    def _settings(self) -> FlowFitSettings:
-        o = self.options
-        return FlowFitSettings(o.flow_epochs, o.flow_batch_size, o.flow_lr, o.lambda_lh, o.lambda_pur, o.lambda_bal,
-                               o.weight_q, o.ema_momentum, o.min_purity, o.min_size, o.max_cluster_size)
-
     def stage(self, depth: int, stage: DlsaStage, open_masks: dict):
         options, f, seed = self.options, self.features, stage_seed(self.seed, depth)
         stage.to(self.device)
@@ -192,7 +182,7 @@ class _StageFitter:
         if options.feature_norm:
             stage.flow.standardise_inputs(f["train_features"][members])
         flow_record = fit_flow(stage.flow, f["train_features"][members], f["train_labels"][members],
-                               self._settings(), seed)
+                               options.flow_settings(), seed)
         scores = {split: score(stage.flow, f[f"{split}_features"], latent=options.latent_z) for split in SPLITS}
         with torch.no_grad():
             stage.threshold.fill_(quantile_threshold(scores["train"][0][members], options.llh_proportion))
@@ -256,7 +246,7 @@ def _predict(model, features: torch.Tensor, batch_size: int = 4096) -> torch.Ten
     return torch.cat([model.head(chunk).argmax(dim=1) for chunk in features.split(batch_size)]).cpu()
 
 
-def _finish(config, output_dir: Path, model, pieces: list, features: dict, card: dict, counts) -> dict:
+def _finish(config, run: RunDir, model, pieces: list, features: dict, card: dict, counts) -> dict:
     """Assemble the val-selected, last-epoch and test-selected models, evaluate them on the features through
     the exported model's own head, and write best / last / summary.json in the trainer's format."""
     model.eval()
@@ -281,11 +271,10 @@ def _finish(config, output_dir: Path, model, pieces: list, features: dict, card:
                                    "note": "classifier epochs selected on the test set, as the DLSA code does; "
                                            "not a fair estimate"}
     summary = [_brief(record) for *_, record in pieces]
-    save_checkpoint(output_dir / "best", model, dict(card, epoch=epochs("selected_epoch"), metrics=metrics,
-                                                     dlsa=summary))
+    run.save("best", model, dict(card, epoch=epochs("selected_epoch"), metrics=metrics, dlsa=summary))
     model.load_state_dict(last_state)
-    save_checkpoint(output_dir / "last", model, dict(card, epoch=last_epoch, metrics=metrics, dlsa=summary))
-    (output_dir / "summary.json").write_text(json.dumps(metrics, indent=1))
+    run.save("last", model, dict(card, epoch=last_epoch, metrics=metrics, dlsa=summary))
+    run.write_summary(metrics)
     print(format_metrics_table(metrics, config.groups.rule))
     return metrics
 

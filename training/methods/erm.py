@@ -3,31 +3,22 @@ balanced softmax, chosen by `loss.name`. The baseline every other method is comp
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
 from models import create_model
 from training.losses import build_loss
 from training.methods.base import Method
+from training.registry import register_method
 from training.transforms import train_transform
 
 
-@dataclasses.dataclass
-class ErmOptions:
-    """None: the loss is chosen with loss.name / loss.tau."""
-
-
+@register_method("erm")
 class ErmMethod(Method):
-    options_class = ErmOptions
+    """No method_options: the loss is chosen with loss.name / loss.tau."""
 
     def __init__(self, config, class_counts):
         super().__init__(config, class_counts)
         self.loss = build_loss(config.loss.name, class_counts, config.loss.tau)
-
-    @property
-    def name(self) -> str:
-        return self.config.loss.name
 
     def build_model(self) -> nn.Module:
         return create_model(self.config.model.name, self.num_classes)
@@ -38,7 +29,3 @@ class ErmMethod(Method):
     def training_loss(self, model, batch, epoch: int):
         images, labels = batch
         return self.loss.to(images.device)(model(images), labels)
-
-    @staticmethod
-    def batch_size(batch) -> int:
-        return len(batch[1])

@@ -42,6 +42,7 @@ from training.losses import soft_cross_entropy
 from training.lt_data import ArrayDataset, FileListDataset
 from training.methods.base import Method
 from training.mixing import cutmix_box, mixup, paste_box, sample_beta
+from training.registry import register_method
 from training.synthetic_set import read_synthetic_set, top_up_counts
 from training.transforms import MultipleViews, contrastive_transform, strong_classification_transform, train_transform
 
@@ -268,9 +269,9 @@ def sau_views(preprocessing, kind: str) -> tuple:
 # -------------------------------------------------------------------------------------------- method
 
 
+@register_method("sau")
 class SauMethod(Method):
     options_class = SauOptions
-    name = "sau"
 
     def __init__(self, config, class_counts):
         super().__init__(config, class_counts)
@@ -319,8 +320,7 @@ class SauMethod(Method):
                                            self.options.temperature)
         return classification + contrastive
 
-    @staticmethod
-    def batch_size(batch) -> int:
+    def batch_size(self, batch) -> int:
         return len(batch[1][0])
 
     def classifier(self, model: nn.Module) -> nn.Module:
