@@ -1,7 +1,7 @@
 """Our trainer's epoch loop vs a bare PyTorch loop on the same model, optimizer and batches, in one process.
 
     python bench/bench_trainer.py [--pipeline tensors|augment] [--steps 20] [--rounds 5] [--amp bf16]
-                                  [--data ../shared/data/cifar10.npz] [--workers 2] [--threads N] [--progress]
+                                  [--data data/cifar10.npz] [--workers 2] [--threads N] [--progress]
 
 Both variants train the same ResNet-32 (`--model`) with the same SGD optimizer on the same batches, in
 channels_last, under the same autocast (`--amp`, default bf16 as in every config), interleaved round by
@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "cifar10_lt" / "ce.yaml"))
     parser.add_argument("--model", default="resnet32")
-    parser.add_argument("--data", help="CIFAR-10 .npz (e.g. ../shared/data/cifar10.npz); random images if absent")
+    parser.add_argument("--data", help="CIFAR-10 .npz (e.g. data/cifar10.npz); random images if absent")
     parser.add_argument("--pipeline", choices=["tensors", "augment"], default="tensors")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="batches per round (one 'epoch')")

@@ -24,6 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from inference.classifier import MODEL_ERRORS, OnnxClassifier, Prediction, list_models, resolve_model
+from inference.generator_folder import GeneratorError, GeneratorInfo, is_generator_folder, read_generator_info
 from inference.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, load_image
 
 log = logging.getLogger(__name__)
@@ -185,10 +186,134 @@ def recognise(classifier: OnnxClassifier, images: Sequence[Image.Image], intende
     return recognitions
 
 
+# --- The generator: where it comes from, opening it, one run at a time ------------------------------
+
+
+class GeneratorSource:
+    """Where the generator comes from: the configured source with an hf:// reference to our generator
+    resolved to its folder in the local cache (once; a failure is remembered), and, for our class-conditional
+    generator, its generator.json, read without loading the UNet (so the app can list classes and defaults
+    before the first generation)."""
+
+    def __init__(self, source: str | Path | None, revision: str | None = None):
+        self.source = source  # None: no generator configured
+        self.revision = revision
+        self.error: str | None = None  # why the source cannot be resolved, once that is known
+        self._resolved: tuple[str, str | None] | None = None
+        self._lock = threading.Lock()  # one Hub look-up, even when the first requests come together
+
+    def local(self) -> tuple[str, str | None]:
+        """(source, revision), an hf:// reference to our generator resolved to its local folder; a
+        `RequestError` (503) when it cannot be."""
+        with self._lock:
+            if self._resolved is None and self.error is None:
+                from inference.hub import HubError, resolve_generator_source  # only a server with a generator needs it
+
+                try:
+                    self._resolved = resolve_generator_source(str(self.source), self.revision)
+                except HubError as error:
+                    self.error = str(error)
+            if self.error is not None:
+                raise RequestError(f"the generator cannot be used: {self.error}", status=503)
+            return self._resolved
+
+    def is_class_conditional(self) -> bool:
+        if self.source is None:
+            return False
+        try:
+            return is_generator_folder(self.local()[0])
+        except RequestError:
+            return False
+
+    def info(self) -> GeneratorInfo | None:
+        """generator.json of our class-conditional generator; None for other generators, and for one whose
+        generator.json is broken (opening it then says why)."""
+        if not self.is_class_conditional():
+            return None
+        try:
+            return read_generator_info(self.local()[0])
+        except GeneratorError:
+            return None
+
+
+class GeneratorOpener:
+    """Opens the generator on first use and keeps it. A failure to open is remembered, so an offline Hub
+    model fails fast on every later request instead of retrying the download each time."""
+
+    def __init__(self, source: GeneratorSource, device: str | None = None, text_to_image_options: dict | None = None):
+        self.source = source
+        self.device = device
+        self.text_to_image_options = dict(text_to_image_options or {})
+        self.generator = None  # the opened generator, once it is
+        self.error: str | None = None  # why it cannot be opened, once that is known
+        self._lock = threading.Lock()  # opened once, even when the first requests come together
+
+    def get(self, classifier: OnnxClassifier | None = None):
+        """The opened generator, or a `RequestError` (503) saying why there is none."""
+        with self._lock:
+            if self.generator is None and self.error is None:
+                try:
+                    self.generator = self._open(classifier)
+                except GeneratorError as error:
+                    self.error = str(error)
+                    log.error("generator %s cannot be opened: %s", self.source.source, error)
+            if self.error is not None:
+                raise RequestError(f"the generator cannot be used: {self.error}", status=503)
+            return self.generator
+
+    def _open(self, classifier: OnnxClassifier | None):
+        from inference.generators import open_generator  # torch and diffusers: only once a generation is asked for
+
+        source, revision = self.source.local()
+        if is_generator_folder(source):
+            generator = open_generator(source, device=self._device())
+            # fp32 makes an image independent of how many were asked for (bf16 rounding depends on the
+            # batch). It costs time: 1.5x per image at 4 images on CPU, 2.1x at 16 (docs/benchmarks.md).
+            generator.bf16 = False
+            return generator
+        if classifier is None:  # not remembered: a later request with a model can open it
+            raise RequestError("the generator cannot be used: a text-to-image generator takes its class names from "
+                               "a model; there is none", status=503)
+        return open_generator(source, class_names=list(classifier.class_names),
+                              image_size=classifier.card.preprocessing.input_size[1], revision=revision,
+                              device=self._device(), **self.text_to_image_options)
+
+    def _device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class RunQueue:
+    """One run at a time (a generation already uses every core or the whole GPU; side by side they would
+    only slow each other), with a bound on how many may wait their turn."""
+
+    def __init__(self):
+        self.pending = 0  # the running request and those waiting behind it
+        self._count_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    def run(self, work: Callable[[], list[Image.Image]], max_waiting: int) -> list[Image.Image]:
+        """`work()` once the runs before it are done; a `RequestError` (429) when `max_waiting` already wait."""
+        with self._count_lock:
+            if self.pending > max_waiting:
+                raise RequestError(f"the generator is busy with {self.pending} requests; try again shortly",
+                                   status=429)
+            self.pending += 1
+        try:
+            with self._run_lock:
+                return work()
+        finally:
+            with self._count_lock:
+                self.pending -= 1
+
+
 @dataclass
 class GeneratorService:
-    """The one tail-sample generator of a server, opened on first use and run one request at a time
-    (a generation already uses every core or the whole GPU; side by side they would only slow each other).
+    """The one tail-sample generator of a server: where it comes from (`GeneratorSource`), opened on first
+    use (`GeneratorOpener`), run one request at a time (`RunQueue`).
 
     `source` is anything `open_generator` takes: our class-conditional folder, a diffusers text-to-image
     folder or Hub id (with `revision`), or an hf:// reference. A text-to-image model learns the class
@@ -198,121 +323,64 @@ class GeneratorService:
     revision: str | None = None
     device: str | None = None
     text_to_image_options: dict = field(default_factory=dict)
-    _generator: object = field(default=None, init=False, repr=False)
-    _error: str | None = field(default=None, init=False, repr=False)
-    _resolved: tuple[str, str | None] | None = field(default=None, init=False, repr=False)
-    _open_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _run_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _waiting: int = field(default=0, init=False, repr=False)
+    origin: GeneratorSource = field(init=False, repr=False)
+    opener: GeneratorOpener = field(init=False, repr=False)
+    queue: RunQueue = field(init=False, repr=False)
 
-    def _device(self) -> str:
-        if self.device:
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    def __post_init__(self):
+        self.origin = GeneratorSource(self.source, self.revision)
+        self.opener = GeneratorOpener(self.origin, self.device, self.text_to_image_options)
+        self.queue = RunQueue()
 
     def local_source(self) -> tuple[str, str | None]:
         """The source with an hf:// reference to our generator resolved to its folder in the local cache."""
-        if self._resolved is None:
-            from inference.hub import HubError, resolve_generator_source
-
-            try:
-                self._resolved = resolve_generator_source(str(self.source), self.revision)
-            except HubError as error:
-                self._error = str(error)
-                raise RequestError(f"the generator cannot be used: {error}", status=503) from error
-        return self._resolved
+        return self.origin.local()
 
     def is_class_conditional(self) -> bool:
-        return self.source is not None and self._error is None and \
-            (Path(self.local_source()[0]) / "generator.json").is_file()
+        return self.origin.is_class_conditional()
 
-    def class_conditional_info(self) -> dict | None:
-        """generator.json of our class-conditional generator, read without loading the UNet (so the app can
-        list classes and defaults before the first generation); None for other generators."""
-        try:
-            if self.source is None or not self.is_class_conditional():
-                return None
-            return json.loads((Path(self.local_source()[0]) / "generator.json").read_text())
-        except (RequestError, OSError, ValueError):
-            return None
+    def class_conditional_info(self) -> GeneratorInfo | None:
+        """generator.json of our class-conditional generator, without loading it; None for other generators."""
+        return self.origin.info()
 
     def defaults(self) -> tuple[int, float]:
         """Default (steps, guidance), known before the generator is loaded."""
-        if self._generator is not None:
-            return self._generator.default_steps, self._generator.default_guidance
-        info = self.class_conditional_info()
+        if self.opener.generator is not None:
+            return self.opener.generator.default_steps, self.opener.generator.default_guidance
+        info = self.origin.info()
         if info is not None:
-            return int(info.get("default_steps", 20)), float(info.get("default_guidance", 1.0))
+            return info.default_steps, float(info.default_guidance)
         from inference.generators import TextToImageGenerator
 
         return TextToImageGenerator.default_steps, TextToImageGenerator.default_guidance
 
     def generator(self, classifier: OnnxClassifier | None = None):
-        """The opened generator; a failure to open is remembered (so an offline Hub model fails fast) and
-        raised as a `RequestError` with the reason."""
+        """The opened generator, fitted to `classifier`; a `RequestError` with the reason when there is none."""
         if self.source is None:
             raise RequestError("this server has no generator configured", status=503)
-        with self._open_lock:
-            if self._generator is None and self._error is None:
-                self._generator = self._open(classifier)
-            if self._error is not None:
-                raise RequestError(f"the generator cannot be used: {self._error}", status=503)
-            generator = self._generator
+        generator = self.opener.get(classifier)
         if generator.kind == "text_to_image" and classifier is not None:
             # The pipeline is shared; only the class names and the output size follow the model.
             generator = replace(generator, class_names=list(classifier.class_names),
                                 image_size=classifier.card.preprocessing.input_size[1])
         return generator
 
-    def _open(self, classifier: OnnxClassifier | None):
-        from inference.generators import GeneratorError, open_generator
-
-        try:
-            source, revision = self.local_source()
-            if self.is_class_conditional():
-                generator = open_generator(source, device=self._device())
-                # fp32 makes an image independent of how many were asked for (bf16 rounding depends on the
-                # batch). It costs time: 1.5x per image at 4 images on CPU, 2.1x at 16 (docs/benchmarks.md).
-                generator.bf16 = False
-                return generator
-            if classifier is None:
-                raise GeneratorError("a text-to-image generator takes its class names from a model; there is none")
-            return open_generator(source, class_names=list(classifier.class_names),
-                                  image_size=classifier.card.preprocessing.input_size[1], revision=revision,
-                                  device=self._device(), **self.text_to_image_options)
-        except RequestError:
-            return None
-        except GeneratorError as error:
-            self._error = str(error)
-            log.error("generator %s cannot be opened: %s", self.source, error)
-            return None
-
     def describe(self) -> dict:
         """For /v1/models and the UI, without opening a generator that has not been used yet."""
         if self.source is None:
             return {"available": False, "error": "no generator configured"}
-        info = {"source": str(self.source), "revision": self.revision, "loaded": self._generator is not None}
-        if self._error is not None:
-            return {**info, "available": False, "error": self._error}
-        if self._generator is not None:
-            return {**info, "available": True, **self._generator.describe()}
+        opened = self.opener.generator
+        info = {"source": str(self.source), "revision": self.revision, "loaded": opened is not None}
+        error = self.origin.error or self.opener.error
+        if error is not None:
+            return {**info, "available": False, "error": error}
+        if opened is not None:
+            return {**info, "available": True, **opened.describe()}
         return {**info, "available": True}
 
     def run(self, generate: Callable[[], list[Image.Image]], max_waiting: int) -> list[Image.Image]:
         """Run one generation at a time; refuse a request when `max_waiting` are already queued."""
-        with self._open_lock:
-            if self._waiting > max_waiting:
-                raise RequestError(f"the generator is busy with {self._waiting} requests; try again shortly",
-                                   status=429)
-            self._waiting += 1
-        try:
-            with self._run_lock:
-                return generate()
-        finally:
-            with self._open_lock:
-                self._waiting -= 1
+        return self.queue.run(generate, max_waiting)
 
 
 # --- The service ------------------------------------------------------------------------------
@@ -326,6 +394,15 @@ class ClassChoice:
     index: int
     train_count: int | None
     group: str | None
+
+
+@dataclass
+class Classified:
+    """One input of a classification: the image as it was loaded (None when it could not be read) and its
+    prediction, or the `ImageLoadError` saying why there is none."""
+
+    image: Image.Image | None
+    result: Prediction | ImageLoadError
 
 
 class Studio:
@@ -354,8 +431,16 @@ class Studio:
     def classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5,
                  ) -> list[Prediction | ImageLoadError]:
         """One prediction per image, in order; an unreadable image gets its `ImageLoadError` in its place."""
+        return [item.result for item in self.classify_with_images(model_name, sources, top_k)]
+
+    def classify_with_images(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5,
+                             ) -> list[Classified]:
+        """As `classify`, with each image as it was loaded, for a front end that shows them (the app's gallery)."""
         classifier = self.catalog.get(model_name)
-        return classifier.predict_loaded(self.load_images(sources), top_k=top_k)
+        loaded = self.load_images(sources)
+        results = classifier.predict_loaded(loaded, top_k=top_k)
+        return [Classified(image if isinstance(image, Image.Image) else None, result)
+                for image, result in zip(loaded, results)]
 
     # Generation
 
@@ -376,7 +461,7 @@ class Studio:
     def _generator_class_names(self, classifier: OnnxClassifier | None) -> list[str]:
         info = self.generator.class_conditional_info()
         if info is not None:
-            return list(info["class_names"])
+            return list(info.class_names)
         if self.generator.source is None or classifier is None:
             return []
         return list(classifier.class_names)  # a text-to-image model makes whatever classes the model knows
@@ -411,7 +496,7 @@ class Studio:
                                status=422)
         class_index = generator.class_names.index(class_name)
 
-        from inference.generators import GeneratorError, image_seeds
+        from inference.generators import image_seeds
 
         def sample() -> list[Image.Image]:
             return generator.generate(class_index, count, seed=seed, steps=steps, guidance=guidance,
@@ -421,7 +506,7 @@ class Studio:
             images = self.generator.run(sample, limits.max_waiting_generations)
         except GeneratorError as error:
             raise RequestError(str(error), status=422) from error
-        used_steps, used_guidance = generator._settings(class_index, steps, guidance)
+        used_steps, used_guidance = generator.sampling_settings(class_index, steps, guidance)
         settings = {"class_name": class_name, "class_index": class_index, "count": count, "seed": seed,
                     "first_index": first_index, "steps": used_steps, "guidance": used_guidance,
                     "seeds": image_seeds(seed, class_index, first_index, count),

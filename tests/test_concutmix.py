@@ -64,7 +64,7 @@ def test_rectified_label_mixes_semantic_and_area_labels_by_rho():
 
 
 def test_rho_is_tiny_with_the_released_cifar10_omega():
-    """methods.md §3.6: with ω = 2/255 on CIFAR-10-LT IF 100, ρ stays between about 4.9e-4 and 1.1e-3."""
+    """docs/methods.md §3.6: with ω = 2/255 on CIFAR-10-LT IF 100, ρ stays between about 4.9e-4 and 1.1e-3."""
     counts = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], dtype=torch.float64)
     rho = rectification_weight(torch.eye(10, dtype=torch.float64), counts, 2 / 255).squeeze(1)
     assert 4.5e-4 < rho.min() < 5.5e-4 and 1.0e-3 < rho.max() < 1.2e-3
@@ -74,7 +74,7 @@ def test_rho_is_tiny_with_the_released_cifar10_omega():
 
 
 def slow_bcl(embeddings, labels, centres, temperature):
-    """methods.md §3.4 step 9, one anchor and one term at a time."""
+    """docs/methods.md §3.4 step 9, one anchor and one term at a time."""
     items = list(embeddings) + list(centres)
     item_labels = labels.tolist() + list(range(len(centres)))
     class_sizes = {c: item_labels.count(c) for c in set(item_labels)}

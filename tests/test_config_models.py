@@ -103,3 +103,35 @@ def test_shipped_cifar_configs_give_the_standard_groups(dataset, classes, n_max,
         counts = long_tail_counts(n_max, classes, config.data.imbalance_factor)
         groups = class_groups(counts, config.groups)
         assert {g: groups.count(g) for g in expected} == expected, path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.amp=foo", "run.amp must be one of"),  # was silently fp32
+    ("data.batch_size=32", "no effect on the generator trainer; set train.batch_size"),
+    ("run.channels_last=false", "run.channels_last=False has no effect"),
+])
+def test_generator_config_refuses_what_it_would_ignore(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_generator_config(GENERATOR_CONFIGS[0], [override])
+
+
+def test_amp_and_device_rules_are_shared():
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        load_generator_config(GENERATOR_CONFIGS[0], ["run.amp=fp16", "run.device=cpu"])
+    from training.engine import AmpStep
+
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        AmpStep("fp16", torch.device("cpu"))  # run.device=auto resolved to the CPU
+
+
+def test_one_schedule_for_classifier_and_generator():
+    from training.config import OptimConfig
+    from training.engine import learning_rate, scheduled_lr
+    from training.generator_training import GeneratorTrainingConfig
+    from training.generator_training import learning_rate as generator_lr
+
+    optim = OptimConfig(epochs=10, lr=0.1, warmup_epochs=2, schedule="cosine")
+    assert learning_rate(optim, 1.0) == pytest.approx(0.05) and learning_rate(optim, 10.0) == pytest.approx(0.0)
+    generator = GeneratorTrainingConfig(steps=100, lr=1e-3, warmup_steps=10)
+    assert [generator_lr(generator, step) for step in (0, 9, 99)] == pytest.approx([1e-4, 1e-3, 0.0])
+    assert generator_lr(generator, 54) == scheduled_lr(1e-3, 55, 10, 100, "cosine")

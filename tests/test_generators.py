@@ -83,11 +83,12 @@ def test_generator_resume_gives_identical_weights(tmp_path, tiny_cifar_npz, monk
     from safetensors.torch import load_file
 
     import training.generator_training as trainer
+    from training.run_dir import RunDir
 
     settings = [f"data.root={tiny_cifar_npz}", *TINY_GENERATOR]
     trainer.train_generator(trainer.load_generator_config("configs/generator/cifar10_lt.yaml", settings),
                             tmp_path / "straight")
-    real_save, saves = trainer.save_checkpoint, []
+    real_save, saves = RunDir.save, []
 
     def killed_after_first_chunk(*args, **kwargs):
         saves.append(1)
@@ -95,11 +96,11 @@ def test_generator_resume_gives_identical_weights(tmp_path, tiny_cifar_npz, monk
             raise KeyboardInterrupt  # during the second chunk's save: the first chunk is on disk
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_first_chunk)
+    monkeypatch.setattr(RunDir, "save", killed_after_first_chunk)
     with pytest.raises(KeyboardInterrupt):
         trainer.train_generator(trainer.load_generator_config("configs/generator/cifar10_lt.yaml", settings),
                                 tmp_path / "resumed")
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(RunDir, "save", real_save)
     config = trainer.resume_generator_config(tmp_path / "resumed", "configs/generator/cifar10_lt.yaml", settings)
     trainer.train_generator(config, tmp_path / "resumed", resume=True)
     straight = load_file(next((tmp_path / "straight" / "generator" / "unet").glob("*.safetensors")))

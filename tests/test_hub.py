@@ -352,9 +352,10 @@ def test_app_serves_hub_models_and_shows_the_ones_it_cannot_fetch(hub_cache, mod
 
     demo = app.build_app(studio=studio, examples_dir=tmp_path)
     assert "A Hub model could not be loaded" in str(demo.config)
-    functions = {fn.api_name: fn.fn for fn in demo.fns.values()}
     from PIL import Image
 
+    from studio_app import Handlers
+
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
-    records = functions["classify"]("hub_model.onnx", [str(tmp_path / "red.png")], 3)[5]
+    records = Handlers(studio).classify("hub_model.onnx", [str(tmp_path / "red.png")], 3)[5]
     assert records[0]["prediction"] in CLASS_NAMES

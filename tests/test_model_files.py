@@ -9,9 +9,9 @@ from conftest import REPO_ROOT
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import app
 from inference.server import create_app
 from inference.service import ModelCatalog, RequestError, Studio
+from studio_app import Handlers
 from tests.helpers_onnx import identity_model, make_card, tiny_net_path, write_model
 
 
@@ -60,7 +60,7 @@ def test_http_and_app_say_why_and_keep_serving(models_dir, tmp_path):
     Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
     studio = Studio(ModelCatalog(models_dir))
     client = TestClient(create_app(studio))
-    classify = {fn.api_name: fn.fn for fn in app.build_app(studio=studio, examples_dir=tmp_path).fns.values()}["classify"]
+    classify = Handlers(studio).classify
     for name, status, message in REFUSED:
         response = client.post("/v1/classify", data={"model": name}, files={"files": ("red.png", image.read_bytes())})
         assert response.status_code == status and message in response.json()["detail"], (name, response.text)

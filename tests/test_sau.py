@@ -42,7 +42,7 @@ def cosine(a, b) -> float:
 
 
 def slow_contrastive_labels(synthetic_views, labels, reference_views, reference_labels, strategy):
-    """methods.md §1.4 step 6, one sample and one reference at a time: (labels, kept)."""
+    """docs/methods.md §1.4 step 6, one sample and one reference at a time: (labels, kept)."""
     result, kept, next_negative = [], [], -1
     for s, label in enumerate(labels.tolist()):
         agree = True
@@ -273,7 +273,7 @@ def test_partners_are_a_permutation_redrawn_each_epoch_and_reproducible(tmp_path
 
 def test_views_follow_the_released_transforms():
     """CIFAR: crop + flip; + AutoAugment + one 16-pixel Cutout square; SimCLR-style. ImageNet-style: the
-    strong classification view, then the SimCLR-style view twice (methods.md §1.5)."""
+    strong classification view, then the SimCLR-style view twice (docs/methods.md §1.5)."""
     plain, strong, contrastive = sau_views(CIFAR_PREPROCESSING, "array")
     names = [[type(step).__name__ for step in view.transforms] for view in (plain, strong, contrastive)]
     assert names[0] == ["RandomCrop", "RandomHorizontalFlip", "ToImage", "ToDtype", "Normalize"]

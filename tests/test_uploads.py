@@ -267,6 +267,15 @@ def demo(models_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def app_handlers(models_dir):
+    """The app's handlers over the app's own Studio (app.build_studio), called directly."""
+    import app
+    from studio_app import Handlers
+
+    return Handlers(app.build_studio(models_dir))
+
+
+@pytest.fixture(scope="module")
 def http(models_dir):
     studio = Studio(ModelCatalog(models_dir), GeneratorService(None), Limits())
     from inference.server import create_app
@@ -278,11 +287,10 @@ def http(models_dir):
 # --- The three paths: each gives the one record of one uploaded file --------------------------------
 
 
-def through_app(case: Case, file: Path, demo) -> dict:
-    classify = {fn.api_name: fn.fn for fn in demo.fns.values()}["classify"]
+def through_app(case: Case, file: Path, handlers) -> dict:
     # gr.Warning (the toast) is a Python warning outside a request.
     with pytest.warns(UserWarning, match=re.escape(case.error)) if case.error else contextlib.nullcontext():
-        gallery, label, _, _, messages, records, _ = classify(MODEL, [str(file)], 3)
+        gallery, label, _, _, messages, records, _ = handlers.classify(MODEL, [str(file)], 3)
     [record] = records
     if case.error:
         assert gallery == [] and label is None and record["error"] in messages
@@ -323,7 +331,7 @@ def through_cli(case: Case, file: Path, models_dir: Path, capsys) -> dict:
 def test_upload(case, path, uploads, expected, models_dir, request, capsys):
     file = uploads[case.id]
     if path == "app":
-        record = through_app(case, file, request.getfixturevalue("demo"))
+        record = through_app(case, file, request.getfixturevalue("app_handlers"))
     elif path == "http":
         record = through_http(case, file, request.getfixturevalue("http"))
     else:

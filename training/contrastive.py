@@ -7,7 +7,7 @@ import torch
 
 def balanced_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor,
                               temperature: float) -> torch.Tensor:
-    """BCL (Zhu et al. 2022), as ConCutMix uses it (methods.md §3.4, step 9).
+    """BCL (Zhu et al. 2022), as ConCutMix uses it (docs/methods.md §3.4, step 9).
 
     `embeddings` (N, D): N = 2B normalised views, the anchors; `centres` (C, D): one normalised centre per
     class, carrying labels 0..C−1, contrasted against but never anchors. The denominator averages each
@@ -33,7 +33,7 @@ def balanced_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, ce
 
 def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float,
                                 anchors: torch.Tensor | None = None) -> torch.Tensor:
-    """SupCon (Khosla et al. 2020), as SAU uses it (methods.md §1.4, step 7).
+    """SupCon (Khosla et al. 2020), as SAU uses it (docs/methods.md §1.4, step 7).
 
     `embeddings` (N, D) with `labels` (N,): every view of every item, one row each. Each row i is an anchor
     (or only those where the bool mask `anchors` is true) and a contrast item for all others:

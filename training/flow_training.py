@@ -1,4 +1,4 @@
-"""Fitting DLSA's FlowGMM to frozen features (methods.md §2.3): class-balanced positive/negative pairs,
+"""Fitting DLSA's FlowGMM to frozen features (docs/methods.md §2.3): class-balanced positive/negative pairs,
 reverse-frequency weights, the weighted NLL + purity + balance objective, and per-epoch selection of the
 flow with the most pure clusters.
 

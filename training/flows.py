@@ -1,4 +1,4 @@
-"""The DLSA flow (methods.md §2.2): a masked autoregressive flow (MAF) with RealNVP batch norm, and a fixed
+"""The DLSA flow (docs/methods.md §2.2): a masked autoregressive flow (MAF) with RealNVP batch norm, and a fixed
 Gaussian mixture in its latent space ("FlowGMM").
 
     flow = FlowGMM(dim=64, num_clusters=500)

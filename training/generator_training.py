@@ -76,15 +76,16 @@ class GeneratorConfig:
 
 SAMPLERS = ("sqrt", "balance", "instance")
 LOG = "log.jsonl"  # one record per chunk of steps, in the run directory
-# Keys of the shared sections that the generator trainer does not use: setting one is an error, not a silent no-op.
-UNUSED_KEYS = {"data": {"batch_size": "train.batch_size"},
-               "run": {"channels_last": None, "eval_test_every": None, "sync_batchnorm": None}}
+# Keys of the shared sections that the generator trainer does not use: changing one is an error, not a silent no-op.
+# (A saved config holds every key at its default, so only a value other than the default is refused.)
+UNUSED_KEYS = {"data.batch_size": "set train.batch_size instead", "run.channels_last": "",
+               "run.eval_test_every": "", "run.sync_batchnorm": ""}
 
 
 def generator_config_from_dict(tree: dict) -> GeneratorConfig:
-    _refuse_unused_keys(tree)
     config = parse_options(GeneratorConfig, tree, "")
     validate_run(config.run)
+    _refuse_unused_keys(config)
     unet, train = config.unet, config.train
     if train.sampler not in SAMPLERS:
         raise ConfigError(f"train.sampler must be one of {', '.join(SAMPLERS)}; got '{train.sampler}'")
@@ -99,13 +100,13 @@ def generator_config_from_dict(tree: dict) -> GeneratorConfig:
     return config
 
 
-def _refuse_unused_keys(tree: dict) -> None:
-    for section, keys in UNUSED_KEYS.items():
-        given = tree.get(section) if isinstance(tree, dict) else None
-        for key, instead in keys.items():
-            if isinstance(given, dict) and key in given:
-                hint = f"; set {instead}" if instead else ""
-                raise ConfigError(f"{section}.{key} has no effect on the generator trainer{hint}")
+def _refuse_unused_keys(config: GeneratorConfig) -> None:
+    defaults = GeneratorConfig()
+    for key, hint in UNUSED_KEYS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value != getattr(getattr(defaults, section), name):
+            raise ConfigError(f"{key}={value} has no effect on the generator trainer" + (f"; {hint}" if hint else ""))
 
 
 def load_generator_config(path: str | None, overrides=()) -> GeneratorConfig:

@@ -4,7 +4,7 @@ The eval transform of file datasets is exactly the server's preprocessing (infer
 resize the shorter side to size / crop_pct, centre-crop, scale to [0, 1], normalise.
 
 `kind` is the dataset kind: "array" (CIFAR-style, in memory, at the native size) or "files" (ImageNet-style).
-The strong views used by the contrastive methods follow BCL / ConCutMix / SAU (methods.md §1.5, §3.3).
+The strong views used by the contrastive methods follow BCL / ConCutMix / SAU (docs/methods.md §1.5, §3.3).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ConCutMix (Pan et al., TIP 2024): Balanced Contrastive Learning plus CutMix whose area-based labels are
-rectified by semantic similarity to the class centres. Spec: methods.md §3, checked against the official
+rectified by semantic similarity to the class centres. Spec: docs/methods.md §3, checked against the official
 code (PanHaulin/ConCutMix); deviations are listed in docs/results.md.
 
 One training step (§3.4):
@@ -109,7 +109,7 @@ def projection_mlp(in_features: int, hidden: int, out_features: int) -> nn.Seque
 
 class BCLModel(nn.Module):
     """Backbone + classifier (what is deployed), a projection head h, and a centre head g that maps each
-    class's classifier weight w_c to its centre: one centre per class (methods.md §3.2, shape caveat)."""
+    class's classifier weight w_c to its centre: one centre per class (docs/methods.md §3.2, shape caveat)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, options: ConCutMixOptions):
         super().__init__()

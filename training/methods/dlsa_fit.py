@@ -1,4 +1,4 @@
-"""DLSA's training entry (methods.md §2.4): base run → cached features → stage 1 … max_depth → regular
+"""DLSA's training entry (docs/methods.md §2.4): base run → cached features → stage 1 … max_depth → regular
 classifier → `best` / `last` checkpoints and summary.json in the trainer's format.
 
 Files in the output directory: config.yaml (written first; `--resume` reads it), features.safetensors (the

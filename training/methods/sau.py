@@ -1,7 +1,7 @@
 """SAU (Li et al. 2024): a long-tailed training set topped up with generated images to n_max per class, one
 encoder trained by a synthetic-unaware branch (MixUp + CutMix classification, real and synthetic alike) and a
 synthetic-aware branch (supervised contrastive learning in which only real images make the class prototypes
-and synthetic images whose label fails a nearest-neighbour check are treated as noise). Spec: methods.md §1,
+and synthetic images whose label fails a nearest-neighbour check are treated as noise). Spec: docs/methods.md §1,
 checked against the official code (lgX1123/gm4lt); deviations are listed in docs/results.md.
 
 Before every epoch (start_epoch): in eval mode, the prototype P_c^v = mean of the embeddings z of the real
@@ -80,8 +80,8 @@ def nearest_reference_labels(queries: torch.Tensor, references: torch.Tensor,
                              reference_labels: torch.Tensor) -> torch.Tensor:
     """The label of each query's nearest reference by cosine similarity (1-NN; ties go to the first).
 
-    Cosine, as methods.md specifies. The released code runs scikit-learn's Euclidean 1-NN on the raw vectors:
-    the same ranking among unit-length embeddings, but prototypes (means, shorter than 1) rank differently."""
+    Cosine on re-normalised vectors, as the released code does (docs/methods.md §1.7): prototypes are means of
+    unit-length embeddings, shorter than 1, so Euclidean distance would rank them differently."""
     similarity = F.normalize(queries.float(), dim=1) @ F.normalize(references.float(), dim=1).T
     return reference_labels[similarity.argmax(dim=1)]
 

@@ -1,0 +1,17 @@
+"""The LongTail Studio Gradio app, in pieces that read on their own:
+
+    layout.py    the components, tab by tab
+    wiring.py    which event runs which handler, with the API names and the queues
+    handlers.py  the handlers: plain methods over the shared service (inference.service.Studio)
+    render.py    HTML and Markdown: captions, group bars, histogram, accuracy table
+    files.py     the images and zips handed to the browser
+    blocks.py    all of it put together: build_blocks(studio, examples_dir)
+
+app.py, the Space's entry file, configures a Studio from the environment, builds the app and launches it.
+"""
+
+import torchvision_compat  # noqa: F401  (must run before anything imports torchvision)
+from studio_app.blocks import build_blocks
+from studio_app.handlers import Handlers
+
+__all__ = ["Handlers", "build_blocks"]
