@@ -15,7 +15,7 @@ round so that other load on the machine hits both alike:
 
 `--pipeline tensors` (default) feeds both from batches already in memory (normalised once), so the ratio
 is the trainer's own overhead. `--pipeline augment` feeds both from the trainer's DataLoader
-(`training.loading.make_loader`: random crop + flip + normalise, each image seeded from (epoch, index),
+(`training.data.loading.make_loader`: random crop + flip + normalise, each image seeded from (epoch, index),
 in `--workers` worker processes, a new loader per round, as per epoch in training), so both pay the data
 pipeline, and adds a third variant, the bare loop on the in-memory batches, to show what data loading
 costs on this machine.
@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from training.config import load_config
+from training.data.loading import make_loader
+from training.data.lt_data import ArrayDataset, DatasetBundle, build_datasets, subset
+from training.data.transforms import eval_transform
 from training.engine import AmpStep, train_one_epoch
-from training.loading import make_loader
-from training.lt_data import ArrayDataset, DatasetBundle, build_datasets, subset
 from training.registry import build_method
-from training.transforms import eval_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from inference.generators import open_generator
+from training.data.synthetic_set import read_synthetic_set
 from training.synthesize import recognition_report, synthesize
-from training.synthetic_set import read_synthetic_set
 
 SHIPPED = ["model_zoo/cifar10_lt_concutmix_resnet32.onnx", "model_zoo/cifar10_lt_ce_resnet32.onnx"]
 

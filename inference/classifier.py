@@ -278,7 +278,7 @@ def load_images(paths: Sequence[str | os.PathLike]) -> list[Image.Image | ImageL
 
 def preprocess(images: Sequence[Image.Image], preprocessing: Preprocessing) -> np.ndarray:
     """NCHW float32, equal (within 1 ulp) to torchvision's eval transform on PIL images, as in
-    training/transforms.py: Resize(resize_to, interpolation) + CenterCrop(input H, W) + to [0, 1] + Normalize."""
+    training/data/transforms.py: Resize(resize_to, interpolation) + CenterCrop(input H, W) + to [0, 1] + Normalize."""
     _, height, width = preprocessing.input_size
     interpolation = INTERPOLATIONS[preprocessing.interpolation]
     mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(3, 1, 1)

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-import torchvision_compat  # noqa: F401  (before diffusers, which imports torchvision)
 from inference.generator_folder import (
     GENERATOR_FORMAT,  # noqa: F401  (it and GeneratorError live with the folder contract; importable from here too)
     GeneratorError,

@@ -73,7 +73,7 @@ def image_folder(tmp_path_factory) -> Path:
 
 def write_synthetic_set(root, class_names, per_class, size=32, seed=5):
     """A synthetic set as `synthesize` writes it: PNGs of the class colour, listed in images.jsonl."""
-    from training.synthetic_set import append_records, class_folder, start_synthetic_set
+    from training.data.synthetic_set import append_records, class_folder, start_synthetic_set
 
     synthetic = start_synthetic_set(root, {"class_names": list(class_names), "target_counts": list(per_class),
                                            "generator": {"kind": "test"}})

@@ -12,7 +12,7 @@ from conftest import make_images, train_interrupted_and_resumed
 from models import create_model
 from training.config import ConfigError, load_config
 from training.contrastive import balanced_contrastive_loss
-from training.lt_data import ArrayDataset
+from training.data.lt_data import ArrayDataset
 from training.methods.concutmix import (
     BackgroundForegroundDataset,
     BCLModel,

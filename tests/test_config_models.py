@@ -93,8 +93,8 @@ def test_fp16_on_cpu_is_refused():
     ("cifar100_lt", 100, 500, {"many": 35, "medium": 35, "few": 30}),
 ])
 def test_shipped_cifar_configs_give_the_standard_groups(dataset, classes, n_max, expected):
+    from training.data.lt_data import long_tail_counts
     from training.groups import class_groups
-    from training.lt_data import long_tail_counts
 
     for path in CONFIGS:
         config = load_config(path)

@@ -20,7 +20,7 @@ from models import create_model
 from training import distributed
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
-from training.loading import GlobalBatchSampler, SeededItems
+from training.data.loading import GlobalBatchSampler, SeededItems
 from training.run import seed_epoch
 from training.train import check_process_count
 from training.trained import load_trained

@@ -22,7 +22,8 @@ from training.config import ConfigError, load_config
 from training.evaluate import evaluate_checkpoint
 from training.export import export_checkpoint, export_onnx
 from training.features import load_features
-from training.flow_training import (
+from training.methods.dlsa_model import DlsaModel, DlsaOptions, quantile_threshold, route
+from training.methods.flow_training import (
     FlowFitSettings,
     PairSampler,
     PosteriorBalance,
@@ -30,8 +31,7 @@ from training.flow_training import (
     fit_flow,
     reverse_frequency_weights,
 )
-from training.flows import MADE, FlowBatchNorm, FlowGMM
-from training.methods.dlsa_model import DlsaModel, DlsaOptions, quantile_threshold, route
+from training.methods.flows import MADE, FlowBatchNorm, FlowGMM
 
 CE_CONFIG = "configs/cifar10_lt/ce.yaml"
 DLSA_CONFIG = "configs/cifar10_lt/dlsa.yaml"
@@ -174,7 +174,7 @@ def test_flow_selection_keeps_the_epoch_with_most_pure_clusters():
     assert record["history"][record["selected_epoch"] - 1]["pure_clusters"] == max(counts)
     assert record["selected_epoch"] == counts.index(max(counts)) + 1
     # the selected weights are the ones left in the flow
-    from training.flow_training import score
+    from training.methods.flow_training import score
     stats = cluster_statistics(score(flow, features["train_features"])[1], features["train_labels"], 8, 4,
                                min_size=5)
     assert stats["pure_clusters"] == max(counts)

@@ -21,7 +21,7 @@ from inference.generator_folder import (
     write_generator_info,
 )
 from inference.generators import GeneratorError, image_seeds, open_generator
-from training.synthetic_set import read_synthetic_set, top_up_counts
+from training.data.synthetic_set import read_synthetic_set, top_up_counts
 
 TINY_GENERATOR = ["image_size=16", "unet.block_out_channels=[16, 32]", "unet.attention=[false, true]",
                   "unet.norm_num_groups=8", "train.steps=4", "train.batch_size=8", "train.warmup_steps=1",
@@ -201,7 +201,7 @@ def test_synthesize_tops_up_resumes_and_records(tiny_generator, tiny_cifar_npz, 
 
     import training.synthesize as synthesis
     from training.config import load_config
-    from training.lt_data import build_datasets
+    from training.data.lt_data import build_datasets
 
     bundle = build_datasets(load_config("configs/cifar10_lt/ce.yaml", data).data)
     generator = open_generator(tiny_generator[1])
@@ -351,7 +351,7 @@ def test_text_to_image_generator_offline(tiny_pipeline, tmp_path):
 
 def test_text_to_image_synthesize_cli(tiny_pipeline, tiny_cifar_npz, tmp_path):
     from training.config import load_config
-    from training.lt_data import build_datasets
+    from training.data.lt_data import build_datasets
 
     data = [f"data.root={tiny_cifar_npz}", "data.imbalance_factor=10", "data.val_per_class=5", "data.num_workers=0"]
     output = tmp_path / "synthetic"

@@ -7,7 +7,7 @@ from PIL import Image
 
 from tests.conftest import CLASS_NAMES, make_images, require_shared
 from training.config import ConfigError, DataConfig
-from training.lt_data import build_datasets, long_tail_counts, split_off_balanced
+from training.data.lt_data import build_datasets, long_tail_counts, split_off_balanced
 
 
 def test_cifar10_if100_counts_match_the_formula():

@@ -14,7 +14,8 @@ from models import create_model
 from models.registry import CIFAR_PREPROCESSING, IMAGENET_PREPROCESSING
 from training.config import ConfigError, load_config
 from training.contrastive import supervised_contrastive_loss
-from training.lt_data import ArrayDataset, DatasetBundle
+from training.data.lt_data import ArrayDataset, DatasetBundle
+from training.data.transforms import Cutout, MultipleViews, eval_transform
 from training.methods.sau import (
     RealSyntheticDataset,
     class_prototypes,
@@ -27,7 +28,6 @@ from training.methods.sau import (
 )
 from training.mixing import sample_beta
 from training.registry import build_method
-from training.transforms import Cutout, MultipleViews, eval_transform
 
 CONFIG = "configs/cifar10_lt/sau.yaml"
 TINY_HEAD = ["method_options.hidden_dim=32", "method_options.feat_dim=16"]

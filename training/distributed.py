@@ -10,7 +10,7 @@ The process group is started from torchrun's environment (RANK, WORLD_SIZE, LOCA
 Without it nothing is started and every helper here is the single-process identity (rank 0 of 1), so
 `python -m training train` runs as one plain process.
 
-What several processes compute (training/train.py, training/loading.py, the methods): data.batch_size is the
+What several processes compute (training/train.py, training/data/loading.py, the methods): data.batch_size is the
 global batch, cut into equal contiguous parts, one per rank; BatchNorm statistics are those of the global
 batch (run.sync_batchnorm); DDP averages the gradients; the contrastive losses of ConCutMix (BCL) and SAU
 (SupCon with its label check) run over the gathered global batch, ConCutMix pairs foregrounds over it and

@@ -11,9 +11,9 @@ import torch
 from tqdm import tqdm
 
 from training.config import Config, OptimConfig, check_amp
+from training.data.loading import make_loader
 from training.distributed import all_reduce_sum, is_main
 from training.groups import shot_accuracy
-from training.loading import make_loader
 
 
 class AmpStep:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from inference.card import group_name
 from training.config import ConfigError
+from training.data.lt_data import build_datasets
+from training.data.transforms import eval_transform
 from training.engine import evaluate
-from training.lt_data import build_datasets
 from training.run import format_metrics_table, start_run
 from training.trained import load_trained
-from training.transforms import eval_transform
 
 
 def evaluate_checkpoint(checkpoint, which: str = "best", split: str = "test", overrides=()) -> dict:

@@ -19,9 +19,9 @@ from torch import nn
 from inference.card import ModelCard, Preprocessing, embed_card
 from inference.images import ImageLoadError
 from training.config import ConfigError
-from training.lt_data import build_datasets
+from training.data.lt_data import build_datasets
+from training.data.transforms import eval_transform
 from training.trained import load_trained
-from training.transforms import eval_transform
 
 RELATIVE_TOLERANCE = 1e-6
 

@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from training.checkpoint import CheckpointError, atomic_write
 from training.config import ConfigError
+from training.data.loading import make_loader
+from training.data.lt_data import build_datasets
+from training.data.transforms import eval_transform
 from training.engine import to_device
-from training.loading import make_loader
-from training.lt_data import build_datasets
 from training.run import start_run
 from training.trained import load_trained
-from training.transforms import eval_transform
 
 SPLITS = ("train", "val", "test")
 

@@ -31,8 +31,8 @@ from tqdm import tqdm
 from inference.generator_folder import CARD_FILE, GeneratorInfo, write_generator_info
 from training.checkpoint import git_revision, restore_model, restore_optimizer
 from training.config import ConfigError, DataConfig, RunConfig, parse_options, read_config_tree, validate_run
+from training.data.lt_data import build_datasets
 from training.engine import AmpStep, scheduled_lr
-from training.lt_data import build_datasets
 from training.run import resume_config, seed_epoch, start_run
 from training.run_dir import RunDir
 

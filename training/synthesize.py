@@ -24,9 +24,9 @@ from inference.generator_folder import is_generator_folder
 from inference.generators import GeneratorError, open_generator
 from models import get_preprocessing
 from training.config import ConfigError, load_config
-from training.lt_data import build_datasets
+from training.data.lt_data import build_datasets
+from training.data.synthetic_set import append_records, class_folder, start_synthetic_set, top_up_counts
 from training.run import start_run
-from training.synthetic_set import append_records, class_folder, start_synthetic_set, top_up_counts
 
 MAX_ATTEMPTS_PER_IMAGE = 20  # with a filter: give up on a class after this many tries per wanted image
 
@@ -191,7 +191,7 @@ def _text_to_image_options(args) -> dict:
 def check_synthetic_from_args(args) -> dict:
     import json
 
-    from training.synthetic_set import read_synthetic_set
+    from training.data.synthetic_set import read_synthetic_set
 
     synthetic = read_synthetic_set(args.synthetic)
     counts = synthetic.counts()

@@ -5,7 +5,7 @@
     torchrun --standalone --nproc_per_node=2 -m training train --config configs/cifar10_lt/ce.yaml --output-dir runs/ce
 
 Under torchrun (training/distributed.py) the model is wrapped in DistributedDataParallel, data.batch_size stays
-the global batch and every rank trains on its part of it (training/loading.py); rank 0 alone evaluates,
+the global batch and every rank trains on its part of it (training/data/loading.py); rank 0 alone evaluates,
 prints and writes files while the others wait, and the checkpoints hold the unwrapped model, so a run
 resumes, evaluates and exports the same way whatever the number of processes that trained it.
 
@@ -22,6 +22,9 @@ import torch
 
 from training.checkpoint import restore_model, restore_optimizer
 from training.config import Config, ConfigError
+from training.data.loading import make_loader
+from training.data.lt_data import build_datasets
+from training.data.transforms import eval_transform
 from training.distributed import (
     barrier,
     convert_sync_batchnorm,
@@ -33,12 +36,9 @@ from training.distributed import (
     wrap_model,
 )
 from training.engine import AmpStep, evaluate, train_one_epoch
-from training.loading import make_loader
-from training.lt_data import build_datasets
 from training.registry import build_method, method_class
 from training.run import describe_training, format_epoch_line, format_metrics_table, seed_epoch, start_run
 from training.run_dir import RunDir
-from training.transforms import eval_transform
 
 
 def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
@@ -59,14 +59,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
                                 weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
     card = describe_training(config, bundle, model).to_checkpoint_info()
 
-    start_epoch, best, history = 0, None, []
-    if resume:
-        tensors, info = run.load("last")
-        restore_model(model, tensors, info)
-        restore_optimizer(optimizer, tensors, info)
-        amp.load_state_dict(info.get("amp_scaler", {}))
-        start_epoch, best, history = info["epoch"], info.get("best"), info["history"]
-        log(f"resuming {output_dir} after epoch {start_epoch}")
+    start_epoch, best, history = _restore_last(run, model, optimizer, amp) if resume else (0, None, [])
     wrapped = wrap_model(model, device)  # DistributedDataParallel under torchrun, else `model` itself
     if is_main():
         run.save_config(config)
@@ -79,10 +72,7 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
     evaluation_sets = {split: dataset.with_transform(eval_transform(model.preprocessing))
                        for split, dataset in (("val", bundle.val), ("test", bundle.test)) if dataset is not None}
     classifier = method.classifier(model)
-    log(f"{config.data.dataset}: {len(train_set)} train / {len(bundle.val) if bundle.val else 0} val / "
-        f"{len(bundle.test)} test images, {bundle.num_classes} classes, counts {bundle.train_counts}"
-        + (f"; {world_size()} processes x {config.data.batch_size // world_size()} images per batch"
-           if world_size() > 1 else ""))
+    log(_data_line(config, bundle, train_set))
 
     def evaluate_on(split: str, desc: str | None = None) -> dict:
         return evaluate(classifier, evaluation_sets[split], config, bundle.train_counts, device, desc or split)
@@ -115,6 +105,24 @@ def train(config: Config, output_dir: str | Path, resume: bool = False) -> dict:
     metrics = final_evaluation(config, run, model, evaluate_on, history) if is_main() else {}
     barrier()
     return metrics
+
+
+def _restore_last(run: RunDir, model, optimizer, amp: AmpStep) -> tuple[int, dict | None, list[dict]]:
+    """Resume: the `last` checkpoint's weights, optimizer and scaler state; (epochs done, best so far, history)."""
+    tensors, info = run.load("last")
+    restore_model(model, tensors, info)
+    restore_optimizer(optimizer, tensors, info)
+    amp.load_state_dict(info.get("amp_scaler", {}))
+    log(f"resuming {run} after epoch {info['epoch']}")
+    return info["epoch"], info.get("best"), info["history"]
+
+
+def _data_line(config: Config, bundle, train_set) -> str:
+    line = (f"{config.data.dataset}: {len(train_set)} train / {len(bundle.val) if bundle.val else 0} val / "
+            f"{len(bundle.test)} test images, {bundle.num_classes} classes, counts {bundle.train_counts}")
+    if world_size() > 1:
+        line += f"; {world_size()} processes x {config.data.batch_size // world_size()} images per batch"
+    return line
 
 
 def _model_on(model: torch.nn.Module, device: torch.device, config: Config) -> torch.nn.Module:

@@ -24,12 +24,12 @@ from torch.utils.data import Dataset
 from models import create_model
 from training.config import ConfigError
 from training.contrastive import balanced_contrastive_loss
+from training.data.transforms import contrastive_transform, strong_classification_transform
 from training.distributed import all_gather, shard, world_size
 from training.losses import build_loss
 from training.methods.base import Method
 from training.mixing import cutmix_box, paste_box, sample_beta
 from training.registry import register_method
-from training.transforms import contrastive_transform, strong_classification_transform
 
 
 @dataclasses.dataclass
@@ -155,7 +155,7 @@ class BackgroundForegroundDataset(Dataset):
 
     def __getitem__(self, index):
         image, label = self.base[index]
-        # torch's generator: the trainer's loader seeds it per image and epoch (training/loading.py), so reruns,
+        # torch's generator: the trainer's loader seeds it per image and epoch (training/data/loading.py), so reruns,
         # any DataLoader worker and any process draw the same foreground for this image.
         foreground_class = int(torch.multinomial(self.class_probabilities, 1).item())
         members = self.members[foreground_class]

@@ -3,7 +3,7 @@
     python -m training train --config configs/cifar10_lt/dlsa.yaml --output-dir runs/dlsa
 
 On top of a trained run (`method_options.base_checkpoint`): extract its features once, then at every depth
-fit a flow (training/flow_training.py) to the samples still unassigned, send the 30% it models best to a
+fit a flow (training/methods/flow_training.py) to the samples still unassigned, send the 30% it models best to a
 cluster-aided classifier and recurse on the rest; a regular classifier takes what is left. The result is
 one `DlsaModel` (images → logits, training/methods/dlsa_model.py) that evaluates and exports like any other model.
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from training.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
 from training.config import ConfigError
+from training.data.lt_data import build_datasets
 from training.features import (
     backbone_of,
     bundle_features,
@@ -24,9 +25,7 @@ from training.features import (
     load_features,
     save_features,
 )
-from training.flow_training import fit_flow, score
 from training.groups import shot_accuracy
-from training.lt_data import build_datasets
 from training.methods.dlsa_model import (
     DlsaStage,
     StageClassifier,
@@ -37,6 +36,7 @@ from training.methods.dlsa_model import (
     stage_seed,
     train_classifier,
 )
+from training.methods.flow_training import fit_flow, score
 from training.run import describe_training, format_metrics_table, start_run
 from training.run_dir import RunDir
 from training.trained import load_trained

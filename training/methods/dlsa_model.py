@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from training.config import ConfigError
-from training.flow_training import FlowFitSettings
-from training.flows import FlowGMM
 from training.losses import BalancedSoftmaxLoss
+from training.methods.flow_training import FlowFitSettings
+from training.methods.flows import FlowGMM
 
 
 @dataclasses.dataclass

@@ -6,10 +6,10 @@ from __future__ import annotations
 from torch import nn
 
 from models import create_model
+from training.data.transforms import train_transform
 from training.losses import build_loss
 from training.methods.base import Method
 from training.registry import register_method
-from training.transforms import train_transform
 
 
 @register_method("erm")

@@ -35,16 +35,16 @@ from torch.utils.data import Dataset
 from models import create_model
 from training.config import ConfigError
 from training.contrastive import supervised_contrastive_loss
+from training.data.loading import make_loader
+from training.data.lt_data import ArrayDataset, FileListDataset
+from training.data.synthetic_set import read_synthetic_set, top_up_counts
+from training.data.transforms import MultipleViews, contrastive_transform, strong_classification_transform, train_transform
 from training.distributed import all_gather, all_reduce_sum, log
 from training.engine import to_device
-from training.loading import make_loader
 from training.losses import soft_cross_entropy
-from training.lt_data import ArrayDataset, FileListDataset
 from training.methods.base import Method
 from training.mixing import cutmix_box, mixup, paste_box, sample_beta
 from training.registry import register_method
-from training.synthetic_set import read_synthetic_set, top_up_counts
-from training.transforms import MultipleViews, contrastive_transform, strong_classification_transform, train_transform
 
 LOSS_STRATEGIES = ("pos_neg", "drop", "neg_only")
 

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from training.flows import FlowGMM
+from training.methods.flows import FlowGMM
 
 
 @dataclasses.dataclass
