@@ -74,6 +74,14 @@ class ModelCard:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def without_training_data(cls, class_names, preprocessing: Preprocessing, model_name: str = "") -> ModelCard:
+        """The stand-in card of a foreign model (names given by the user): counts unknown, group rule "unknown"
+        (its classes are stored as medium because the card needs a group; predictions report no group)."""
+        n = len(class_names)
+        return cls(class_names=list(class_names), class_counts=[0] * n, class_groups=["medium"] * n,
+                   group_rule={"rule": "unknown"}, preprocessing=preprocessing, model_name=model_name)
+
     # ------------------------------------------------------------------ the checkpoint's JSON (training side)
 
     def to_checkpoint_info(self) -> dict:

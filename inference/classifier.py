@@ -175,15 +175,9 @@ class OnnxClassifier:
                 f"{self.path.name} has no LongTail Studio metadata and a dynamic input size "
                 f"{input_shape}, so the image size cannot be known; re-export it with a static height and width"
             )
-        n = len(class_names)
-        return ModelCard(
-            class_names=list(class_names),
-            class_counts=[0] * n,
-            class_groups=["medium"] * n,  # the card requires a group; ClassScore reports None
-            group_rule={"rule": "unknown"},
-            preprocessing=Preprocessing(input_size=[3, height, width], mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            model_name=self.path.stem,
-        )
+        return ModelCard.without_training_data(
+            class_names, Preprocessing(input_size=[3, height, width], mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            model_name=self.path.stem)
 
     def _check_shapes(self, input_shape: list) -> None:
         size = self.card.preprocessing.input_size

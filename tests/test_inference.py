@@ -130,7 +130,7 @@ def test_preprocess_matches_torchvision_eval_transform(interpolation, input_size
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_preprocess_matches_the_training_eval_transform(interpolation):
     # The transform the exported model was evaluated with.
-    from training import transforms as training_transforms
+    from training.data import transforms as training_transforms
 
     config = Preprocessing(input_size=[3, 32, 32], mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26],
                            interpolation=interpolation, crop_pct=0.875)

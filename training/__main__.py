@@ -113,12 +113,86 @@ def _config(args, load, resume):
     return load(args.config, args.overrides)
 
 
+# One function per command. Each imports what it needs, so `--help` and the light commands start quickly.
+
+
+def _train(args) -> None:
+    from training.config import load_config
+    from training.distributed import close_distributed
+    from training.run import resume_config
+    from training.train import train
+
+    train(_config(args, load_config, resume_config), args.output_dir, resume=args.resume)
+    close_distributed()
+
+
+def _evaluate(args) -> None:
+    from training.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(args.checkpoint, args.which, args.split, args.overrides)
+
+
+def _export(args) -> None:
+    from training.export import export_checkpoint
+
+    export_checkpoint(args.checkpoint, args.output, args.which, args.overrides, args.tolerance)
+
+
+def _extract_features(args) -> None:
+    from training.features import extract_features
+
+    extract_features(args.checkpoint, args.which, args.overrides, args.output)
+
+
+def _train_generator(args) -> None:
+    from training.generator_training import load_generator_config, resume_generator_config, train_generator
+
+    train_generator(_config(args, load_generator_config, resume_generator_config), args.output_dir, resume=args.resume)
+
+
+def _synthesize(args) -> None:
+    from training.synthesize import synthesize_from_args
+
+    synthesize_from_args(args)
+
+
+def _check_synthetic(args) -> None:
+    from training.synthesize import check_synthetic_from_args
+
+    check_synthetic_from_args(args)
+
+
+def _push(args) -> None:
+    from training.push import push
+
+    push(args.checkpoint, args.repo_id, args.which, args.private, args.branch, args.commit_message, args.dry_run)
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "extract-features": _extract_features,
+            "train-generator": _train_generator, "synthesize": _synthesize, "check-synthetic": _check_synthetic,
+            "push": _push}
+
+
+def _interrupted(args) -> int | None:
+    """Ctrl-C: what is kept and how to continue, for the commands that keep their progress (None for the others)."""
+    if args.command == "synthesize":
+        print(f"\ninterrupted; every finished batch is kept. Run the same command again to continue "
+              f"into {args.output}", file=sys.stderr)
+        return 130
+    if args.command not in ("train", "train-generator"):
+        return None
+    print(f"\ninterrupted; the last completed epoch (DLSA: stage; generator: chunk of steps) is saved. "
+          f"Continue with:\n  python -m training {args.command} --output-dir {args.output_dir} --resume",
+          file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command in ("train", "train-generator") and not args.config and not args.resume:
         parser.error(f"{args.command} needs --config (or --resume to continue a run)")
-    from training.distributed import close_distributed, launched_world_size
+    from training.distributed import launched_world_size
 
     if args.command != "train" and launched_world_size() > 1:
         parser.error(f"only `train` runs in several processes; start `{args.command}` without torchrun")
@@ -130,54 +204,12 @@ def main(argv=None) -> int:
     from training.push import PushError
 
     try:
-        if args.command == "train":
-            from training.config import load_config
-            from training.run import resume_config
-            from training.train import train
-
-            train(_config(args, load_config, resume_config), args.output_dir, resume=args.resume)
-            close_distributed()
-        elif args.command == "evaluate":
-            from training.evaluate import evaluate_checkpoint
-
-            evaluate_checkpoint(args.checkpoint, args.which, args.split, args.overrides)
-        elif args.command == "export":
-            from training.export import export_checkpoint
-
-            export_checkpoint(args.checkpoint, args.output, args.which, args.overrides, args.tolerance)
-        elif args.command == "extract-features":
-            from training.features import extract_features
-
-            extract_features(args.checkpoint, args.which, args.overrides, args.output)
-        elif args.command == "train-generator":
-            from training.generator_training import load_generator_config, resume_generator_config, train_generator
-
-            config = _config(args, load_generator_config, resume_generator_config)
-            train_generator(config, args.output_dir, resume=args.resume)
-        elif args.command == "synthesize":
-            from training.synthesize import synthesize_from_args
-
-            synthesize_from_args(args)
-        elif args.command == "check-synthetic":
-            from training.synthesize import check_synthetic_from_args
-
-            check_synthetic_from_args(args)
-        elif args.command == "push":
-            from training.push import push
-
-            push(args.checkpoint, args.repo_id, args.which, args.private, args.branch, args.commit_message,
-                 args.dry_run)
+        COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        if args.command == "synthesize":
-            print(f"\ninterrupted; every finished batch is kept. Run the same command again to continue "
-                  f"into {args.output}", file=sys.stderr)
-            return 130
-        if args.command not in ("train", "train-generator"):
+        code = _interrupted(args)
+        if code is None:
             raise
-        print(f"\ninterrupted; the last completed epoch (DLSA: stage; generator: chunk of steps) is saved. "
-              f"Continue with:\n  python -m training {args.command} --output-dir {args.output_dir} --resume",
-              file=sys.stderr)
-        return 130
+        return code
     except (ConfigError, CheckpointError, ExportError, ImageLoadError, GeneratorError, PushError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
