@@ -7,11 +7,18 @@ A LongTail Studio generator is a folder holding
     unet/            a diffusers UNet2DModel with class embeddings (safetensors)
     scheduler/       the diffusers DDIM scheduler to sample with
     README.md        its card, for people (and the Hub)
+    model_index.json the diffusers pipeline config: the components and `pipeline_config(info)`
+    pipeline.py      ClassConditionalPipeline (a copy of inference/pipeline.py), the class model_index.json
+                     names, so `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it
 
-`read_generator_info` is the one reader of generator.json: it checks the format and that unet/ and scheduler/
-are there, and turns every problem into a `GeneratorError` that says what is wrong. `write_generator_info`
-writes the file atomically. `GENERATOR_FILES` is the folder's content, `GENERATOR_DOWNLOAD_PATTERNS` the same
-as Hub download patterns, so a Hub download fetches exactly what opening the generator needs.
+The last two (PIPELINE_FILES) make the folder a diffusers pipeline; generators written before they existed
+lack them and open as before, since our loader reads generator.json and the two model folders only.
+
+`read_generator_info` is the one reader of generator.json: it checks the format, that unet/ and scheduler/
+are there and that a model_index.json agrees with generator.json, and turns every problem into a
+`GeneratorError` that says what is wrong. `write_generator_info` writes the file atomically.
+`GENERATOR_FILES` is the folder's content, `GENERATOR_DOWNLOAD_PATTERNS` the same as Hub download patterns,
+so a Hub download fetches the generator and nothing else of its repo.
 
 This module imports neither torch nor diffusers nor the Hub client, so the generators, the Hub code, the app's
 service and `python -m training push` can all use it cheaply.
@@ -30,7 +37,10 @@ GENERATOR_FORMAT = "longtail_studio.generator/1"
 INFO_FILE = "generator.json"
 CARD_FILE = "README.md"
 MODEL_FOLDERS = ("unet", "scheduler")
-GENERATOR_FILES = (INFO_FILE, *MODEL_FOLDERS, CARD_FILE)
+PIPELINE_INDEX = "model_index.json"
+PIPELINE_CODE = "pipeline.py"
+PIPELINE_FILES = (PIPELINE_INDEX, PIPELINE_CODE)  # absent from generators written before the pipeline layout
+GENERATOR_FILES = (INFO_FILE, *MODEL_FOLDERS, CARD_FILE, *PIPELINE_FILES)
 # Hub allow_patterns, relative to the generator folder: a folder's pattern takes every file in it.
 GENERATOR_DOWNLOAD_PATTERNS = tuple(f"{name}/*" if name in MODEL_FOLDERS else name for name in GENERATOR_FILES)
 
@@ -82,13 +92,24 @@ def read_generator_info(folder: str | Path) -> GeneratorInfo:
         raise GeneratorError(f"{folder} does not exist (expected a LongTail Studio generator folder)")
     if not folder.is_dir():
         raise GeneratorError(f"{folder} is a file, not a LongTail Studio generator folder")
+    if not (folder / INFO_FILE).is_file():
+        raise GeneratorError(f"{folder} is not a LongTail Studio generator: it has no {INFO_FILE}")
     raw = _read_json(folder / INFO_FILE)
     _check_format(raw, folder / INFO_FILE)
     missing = [f"{name}/" for name in MODEL_FOLDERS if not (folder / name).is_dir()]
     if missing:
         raise GeneratorError(f"{folder} is an incomplete generator: {' and '.join(missing)} "
                              f"{'is' if len(missing) == 1 else 'are'} missing (expected next to {INFO_FILE})")
-    return _info_from_json(raw, folder)
+    info = _info_from_json(raw, folder)
+    _check_pipeline_index(folder, info)
+    return info
+
+
+def pipeline_config(info: GeneratorInfo) -> dict:
+    """What ClassConditionalPipeline keeps in model_index.json besides its components, from generator.json."""
+    return {"image_size": info.image_size, "null_class_index": info.null_class_index,
+            "default_steps": info.default_steps, "default_guidance": info.default_guidance,
+            "id2label": {str(index): name for index, name in enumerate(info.class_names)}}
 
 
 def write_generator_info(folder: str | Path, info: GeneratorInfo) -> Path:
@@ -114,8 +135,6 @@ def write_generator_info(folder: str | Path, info: GeneratorInfo) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise GeneratorError(f"{path.parent} is not a LongTail Studio generator: it has no {INFO_FILE}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
@@ -132,6 +151,18 @@ def _check_format(raw: dict, path: Path) -> None:
     if found != GENERATOR_FORMAT:
         what = "has no format" if found is None else f"has the format {found!r}"
         raise GeneratorError(f"{path} {what}, but a LongTail Studio generator has the format {GENERATOR_FORMAT!r}")
+
+
+def _check_pipeline_index(folder: Path, info: GeneratorInfo) -> None:
+    """diffusers samples with the settings in model_index.json, we with generator.json's: they must agree."""
+    path = folder / PIPELINE_INDEX
+    if not path.exists():
+        return  # written before the pipeline layout: nothing to disagree with
+    index = _read_json(path)
+    disagreeing = [key for key, value in pipeline_config(info).items() if index.get(key) != value]
+    if disagreeing:
+        raise GeneratorError(f"{path} disagrees with {INFO_FILE} on {', '.join(disagreeing)}, so diffusers would "
+                             "sample differently from LongTail Studio: make the two files agree")
 
 
 def _info_from_json(raw: dict, folder: Path) -> GeneratorInfo:

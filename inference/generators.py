@@ -9,9 +9,12 @@ Every image gets its own seed (`image_seeds`), drawn into its own starting noise
 on (seed, class, index): a resumed or re-batched synthesis reproduces the same pictures.
 
 The class-conditional model is a generator folder (`unet/` + `scheduler/` + `generator.json` with the
-class names, image size and default sampling settings; the contract is in inference.generator_folder). It is
-trained by `python -m training train-generator`, works offline, and samples with classifier-free guidance when
-it was trained with class dropout (the extra "no class" embedding is the last index).
+class names, image size and default sampling settings, and since the pipeline layout `model_index.json` +
+`pipeline.py` for diffusers; the contract is in inference.generator_folder). It is trained by `python -m
+training train-generator`, works offline, and samples with classifier-free guidance when it was trained with
+class dropout (the extra "no class" embedding is the last index). It samples through
+`inference.pipeline.ClassConditionalPipeline`, the diffusers pipeline diffusers itself loads from the folder,
+so both give the same images for the same seeds.
 
 `generator.sampling_settings(class_index, steps, guidance)` says which steps and guidance a `generate` call
 with those arguments uses, checked the same way.
@@ -24,8 +27,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -34,9 +37,13 @@ from inference.generator_folder import (
     GeneratorError,
     GeneratorInfo,
     is_generator_folder,
+    pipeline_config,
     read_generator_info,
 )
 from inference.hub import HubError, resolve_generator_source
+
+if TYPE_CHECKING:  # diffusers is imported when a generator is loaded, not with this module
+    from inference.pipeline import ClassConditionalPipeline
 
 DEFAULT_PROMPT_TEMPLATE = "A photo of a {class}."
 Progress = Callable[[int, int], None]  # (finished denoising steps, total steps)
@@ -47,14 +54,20 @@ def image_seeds(seed: int, class_index: int, first: int, count: int) -> list[int
     return [((seed * 1_000_003 + class_index) * 1_000_003 + first + k) % 2**62 for k in range(count)]
 
 
-def _noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU random generator per image: its starting noise, whatever the device or the batch."""
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(N, 3, H, W) in [-1, 1] → RGB images."""
-    array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+def report_steps(progress: Progress | None, steps: int):
+    """A diffusers `callback_on_step_end` that tells `progress` (done, total) after every step."""
+
+    def on_step_end(pipeline, step, timestep, tensors):
+        if progress is not None:
+            progress(step + 1, steps)
+        return tensors
+
+    return on_step_end
 
 
 class Sampling:
@@ -76,10 +89,9 @@ class Sampling:
 
 @dataclass
 class ClassConditionalGenerator(Sampling):
-    """Our UNet2DModel with class embeddings, sampled with DDIM (deterministic, eta = 0)."""
+    """Our UNet2DModel with class embeddings, sampled with DDIM (deterministic, eta = 0) by its pipeline."""
 
-    unet: torch.nn.Module
-    scheduler: object
+    pipeline: ClassConditionalPipeline
     info: GeneratorInfo
     source: str
     bf16: bool = True  # autocast the UNet to bfloat16
@@ -87,7 +99,11 @@ class ClassConditionalGenerator(Sampling):
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> ClassConditionalGenerator:
+        """Either layout: the pipeline is built from unet/, scheduler/ and generator.json, never from the
+        folder's pipeline.py, so opening a generator runs none of the code it carries."""
         from diffusers import DDIMScheduler, UNet2DModel
+
+        from inference.pipeline import ClassConditionalPipeline
 
         directory = Path(directory)
         info = read_generator_info(directory)
@@ -98,7 +114,9 @@ class ClassConditionalGenerator(Sampling):
             scheduler = DDIMScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
         except (OSError, ValueError) as error:
             raise GeneratorError(f"{directory} holds no loadable UNet / scheduler: {error}") from error
-        return cls(unet.to(device).eval(), scheduler, info, str(directory))
+        pipeline = ClassConditionalPipeline(unet.to(device).eval(), scheduler, **pipeline_config(info))
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, info, str(directory))
 
     @property
     def class_names(self) -> list[str]:
@@ -132,27 +150,10 @@ class ClassConditionalGenerator(Sampling):
                  guidance: float | None = None, first_index: int = 0, progress: Progress | None = None,
                  ) -> list[Image.Image]:
         steps, guidance = self.sampling_settings(class_index, steps, guidance)
-        device = next(self.unet.parameters()).device
-        size = self.image_size
-        sample = _noise(image_seeds(seed, class_index, first_index, count), (3, size, size)).to(device)
-        labels = torch.full((count,), class_index, device=device)
-        guided = guidance != 1.0
-        if guided:
-            labels = torch.cat([labels, torch.full((count,), self.info.null_class_index, device=device)])
-        scheduler = self.scheduler
-        scheduler.set_timesteps(steps)
-        for done, timestep in enumerate(scheduler.timesteps, 1):
-            model_input = torch.cat([sample, sample]) if guided else sample
-            # bf16 halves the UNet's time on CPU; the DDIM update itself stays in fp32.
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                noise = self.unet(model_input, timestep, class_labels=labels).sample.float()
-            if guided:
-                conditional, unconditional = noise.chunk(2)
-                noise = unconditional + guidance * (conditional - unconditional)
-            sample = scheduler.step(noise, timestep, sample, eta=0.0).prev_sample
-            if progress is not None:
-                progress(done, steps)
-        return to_pil(sample)
+        generators = seeded_generators(image_seeds(seed, class_index, first_index, count))
+        output = self.pipeline(class_labels=[class_index] * count, num_inference_steps=steps, guidance_scale=guidance,
+                               generator=generators, bf16=self.bf16, callback_on_step_end=report_steps(progress, steps))
+        return output.images
 
 
 @dataclass
@@ -217,16 +218,10 @@ class TextToImageGenerator(Sampling):
         steps, guidance = self.sampling_settings(class_index, steps, guidance)
         seeds = image_seeds(seed, class_index, first_index, count)
         prompts = [self.prompt(class_index, first_index + k) for k in range(count)]
-
-        def on_step_end(pipeline, step, timestep, tensors):
-            if progress is not None:
-                progress(step + 1, steps)
-            return tensors
-
         size = {"height": self.generation_size, "width": self.generation_size} if self.generation_size else {}
         output = self.pipeline(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance,
-                               generator=[torch.Generator().manual_seed(s) for s in seeds],
-                               callback_on_step_end=on_step_end, **size)
+                               generator=seeded_generators(seeds), callback_on_step_end=report_steps(progress, steps),
+                               **size)
         return [image.convert("RGB").resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
                 for image in output.images]
 

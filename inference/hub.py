@@ -157,9 +157,12 @@ def _offline() -> bool:
 
 def _holds_generator(ref: HubRef) -> bool:
     """Whether the folder at `ref` is a LongTail Studio generator; the local cache answers when it knows."""
+    info = _cached(ref.join(INFO_FILE))
+    if isinstance(info, str):
+        return True  # cached; a generator has a model_index.json too, so this is asked first
     if isinstance(_cached(ref.join("model_index.json")), str):
         return False  # a diffusers pipeline, already cached (maybe for offline use)
-    if _cached(ref.join(INFO_FILE)) is _CACHED_NO_EXIST:
+    if info is _CACHED_NO_EXIST:
         return False  # the Hub said so before
     try:
         hub_file(ref.join(INFO_FILE))

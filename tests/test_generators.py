@@ -1,32 +1,39 @@
 """Generators and synthesis, offline: the class-conditional path on a tiny UNet trained for a few steps
-through the CLI, the text-to-image path on a tiny randomly initialised Stable Diffusion pipeline built from
-configs (with a CLIP tokenizer built here), `synthesize` with its top-up counts, resume and filter."""
+through the CLI (and loaded by diffusers itself as a pipeline), the text-to-image path on a tiny randomly
+initialised Stable Diffusion pipeline built from configs (with a CLIP tokenizer built here), `synthesize` with
+its top-up counts, resume and filter."""
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_NAMES, REPO_ROOT
+from conftest import CLASS_NAMES, REPO_ROOT, write_tiny_generator
 from PIL import Image
 
+import inference.pipeline
 from inference.generator_folder import (
+    GENERATOR_DOWNLOAD_PATTERNS,
     GENERATOR_FORMAT,
     GeneratorInfo,
     is_generator_folder,
+    pipeline_config,
     read_generator_info,
     write_generator_info,
 )
-from inference.generators import GeneratorError, image_seeds, open_generator
+from inference.generators import GeneratorError, image_seeds, open_generator, seeded_generators
 from training.data.synthetic_set import read_synthetic_set, top_up_counts
 
 TINY_GENERATOR = ["image_size=16", "unet.block_out_channels=[16, 32]", "unet.attention=[false, true]",
                   "unet.norm_num_groups=8", "train.steps=4", "train.batch_size=8", "train.warmup_steps=1",
                   "train.checkpoint_every=2", "train.default_steps=3", "run.progress=false", "data.num_workers=0",
                   "data.imbalance_factor=10", "data.val_per_class=5"]
+PIPELINE_SOURCE = Path(inference.pipeline.__file__)  # what every generator folder carries as pipeline.py
 
 
 def run_cli(*args, check=True):
@@ -59,6 +66,11 @@ def test_train_generator_writes_a_loadable_generator(tiny_generator):
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [2, 4]
     assert list((folder / "unet").glob("*.safetensors")), "weights must be safetensors"
     assert read_generator_info(folder).to_dict() == info  # what the trainer writes is what the reader reads
+    index = json.loads((folder / "model_index.json").read_text())  # and a diffusers pipeline around it
+    assert index["_class_name"] == ["pipeline", "ClassConditionalPipeline"]
+    assert (index["unet"], index["scheduler"]) == (["diffusers", "UNet2DModel"], ["diffusers", "DDIMScheduler"])
+    assert (folder / "pipeline.py").read_bytes() == PIPELINE_SOURCE.read_bytes()
+    assert "trust_remote_code=True" in (folder / "README.md").read_text()
 
     generator = open_generator(folder)
     calls = []
@@ -127,6 +139,147 @@ def test_sampling_settings_are_the_ones_generate_uses(tiny_generator):
         generator.sampling_settings(10)
 
 
+# ------------------------------------------------------------------------------------- the diffusers pipeline
+
+
+@pytest.fixture
+def remote_code_cache(tmp_path, monkeypatch):
+    """diffusers copies a folder's pipeline.py into its modules cache and imports it from there: a fresh cache."""
+    from diffusers.utils import dynamic_modules_utils
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images]).astype(int)
+
+
+def test_diffusers_loads_the_generator_folder_and_samples_what_generate_does(tiny_generator, remote_code_cache):
+    from diffusers import DiffusionPipeline
+
+    folder = tiny_generator[1]
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(folder)  # the folder carries code, which diffusers runs only when asked
+    pipeline = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(pipeline).__name__ == "ClassConditionalPipeline"
+    settings = pipeline_config(read_generator_info(folder))  # from_pretrained restores what generator.json says
+    assert {key: pipeline.config[key] for key in settings} == settings and settings["null_class_index"] == 10
+    explicit = DiffusionPipeline.from_pretrained(folder, custom_pipeline=str(folder), trust_remote_code=True)
+    assert type(explicit).__name__ == "ClassConditionalPipeline"
+
+    generator = open_generator(folder)
+    for bf16 in (False, True):
+        generator.bf16 = bf16
+        ours = generator.generate(3, 2, seed=5, guidance=3.0)
+        theirs = pipeline(class_labels=[CLASS_NAMES[3]] * 2, guidance_scale=3.0, bf16=bf16,
+                          generator=seeded_generators(image_seeds(5, 3, 0, 2))).images
+        assert np.array_equal(pixels(ours), pixels(theirs)), f"bf16={bf16}"
+
+
+def reference_ddim(unet, scheduler, noise, class_index, null_class, steps, guidance):
+    """DDIM (eta 0) with classifier-free guidance written out plainly, one UNet call per condition."""
+    labels = torch.full((len(noise),), class_index)
+    sample = noise
+    scheduler.set_timesteps(steps)
+    for timestep in scheduler.timesteps:
+        conditional = unet(sample, timestep, class_labels=labels).sample
+        unconditional = unet(sample, timestep, class_labels=torch.full_like(labels, null_class)).sample
+        noise = unconditional + guidance * (conditional - unconditional)
+        sample = scheduler.step(noise, timestep, sample, eta=0.0).prev_sample
+    return ((sample.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(int)
+
+
+def test_the_pipeline_samples_plain_ddim_with_classifier_free_guidance(tiny_generator):
+    generator = open_generator(tiny_generator[1])
+    generator.bf16 = False
+    seeds = image_seeds(2, 7, 0, 3)
+    noise = torch.stack([torch.randn((3, 16, 16), generator=torch.Generator().manual_seed(s)) for s in seeds])
+    with torch.no_grad():
+        expected = reference_ddim(generator.pipeline.unet, generator.pipeline.scheduler, noise, 7, 10, 4, 2.5)
+    images = pixels(generator.generate(7, 3, seed=2, steps=4, guidance=2.5))
+    assert np.abs(images - expected).max() <= 1  # one batch of 6 vs two of 3: fp32 kernels may round apart
+
+
+def test_the_old_layout_opens_and_samples_like_the_pipeline_layout(tmp_path):
+    old = write_tiny_generator(tmp_path / "old", ["red", "green", "blue"])  # unet/ scheduler/ generator.json README
+    assert not (old / "model_index.json").exists()
+    generator = open_generator(old)
+    new = tmp_path / "new"
+    generator.pipeline.save_pretrained(new)
+    assert sorted(path.name for path in new.iterdir()) == ["model_index.json", "pipeline.py", "scheduler", "unet"]
+    shutil.copy2(old / "generator.json", new / "generator.json")
+    assert read_generator_info(new) == read_generator_info(old)
+    converted = open_generator(new)
+    generator.bf16 = converted.bf16 = False
+    assert np.array_equal(pixels(generator.generate(1, 2, seed=3, guidance=2.0)),
+                          pixels(converted.generate(1, 2, seed=3, guidance=2.0)))
+
+
+def test_the_pipeline_refuses_what_it_cannot_do(tiny_generator):
+    from inference.pipeline import ClassConditionalPipeline
+
+    pipeline = open_generator(tiny_generator[1]).pipeline
+    assert pipeline.get_label_ids([CLASS_NAMES[9], 2]) == [9, 2]
+    with pytest.raises(ValueError, match="unknown class 'teal'"):
+        pipeline(class_labels="teal")
+    with pytest.raises(ValueError, match="not a class index 0-9"):
+        pipeline(class_labels=10)  # the "no class" embedding is not a class
+    with pytest.raises(ValueError, match="pass one per image"):
+        pipeline(class_labels=[1, 2], generator=seeded_generators([1]))
+    with pytest.raises(ValueError, match="output_type must be one of pil, np"):
+        pipeline(class_labels=1, output_type="latent")
+    unguided = ClassConditionalPipeline(pipeline.unet, pipeline.scheduler, image_size=16, null_class_index=None)
+    with pytest.raises(ValueError, match="without class dropout"):
+        unguided(class_labels=1, guidance_scale=2.0)
+    array = pipeline(class_labels=[0], num_inference_steps=1, output_type="np").images
+    assert array.shape == (1, 16, 16, 3) and 0 <= array.min() <= array.max() <= 1
+
+
+SHIPPED_UNET_SHA256 = "bf401c0a9fe93991856d28e22696110e3a370657374ad7869c73695c03f03681"  # the weights as trained
+
+
+def test_shipped_generator_is_a_diffusers_pipeline_around_its_trained_weights(remote_code_cache):
+    from diffusers import DiffusionPipeline
+
+    weights = SHIPPED_GENERATOR / "unet" / "diffusion_pytorch_model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == SHIPPED_UNET_SHA256
+    assert (SHIPPED_GENERATOR / "pipeline.py").read_bytes() == PIPELINE_SOURCE.read_bytes(), \
+        "inference/pipeline.py changed: copy it to model_zoo/cifar10_lt_generator/pipeline.py"
+    generator = open_generator(SHIPPED_GENERATOR)
+    shipped_index = json.loads((SHIPPED_GENERATOR / "model_index.json").read_text())
+    written_index = json.loads(generator.pipeline.to_json_string())  # what save_pretrained writes today
+    shipped_index.pop("_diffusers_version"), written_index.pop("_diffusers_version")
+    assert shipped_index == written_index
+
+    pipeline = DiffusionPipeline.from_pretrained(SHIPPED_GENERATOR, trust_remote_code=True)
+    generator.bf16 = False
+    ours = generator.generate(9, 1, seed=0, steps=2)  # the shipped default guidance, 3
+    theirs = pipeline(class_labels="truck", num_inference_steps=2, generator=seeded_generators(image_seeds(0, 9, 0, 1)))
+    assert np.array_equal(pixels(ours), pixels(theirs.images))
+
+
+def test_a_pipeline_generator_on_the_hub_opens_with_our_loader_and_with_diffusers(tiny_generator, tmp_path, monkeypatch,
+                                                                                remote_code_cache):
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+    from test_hub import SHA, cache_files, folder_files
+
+    from inference.hub import resolve_generator_source
+
+    assert {"model_index.json", "pipeline.py"} <= set(GENERATOR_DOWNLOAD_PATTERNS)  # a Hub download fetches them
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # as tests/test_hub.py's hub_cache does
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    snapshot = cache_files(cache, "alice/c10-gen", folder_files(tiny_generator[1]))
+    # model_index.json is cached, as after any download of the repo: still our generator, not a text-to-image model.
+    local, revision = resolve_generator_source(f"hf://alice/c10-gen@{SHA}", None)
+    assert Path(local) == snapshot and revision is None
+    assert open_generator(f"hf://alice/c10-gen@{SHA}").class_names == CLASS_NAMES
+    # Offline, diffusers cannot ask the Hub for the repo's files, says so, and loads the cached snapshot.
+    pipeline = DiffusionPipeline.from_pretrained("alice/c10-gen", revision=SHA, trust_remote_code=True)
+    assert type(pipeline).__name__ == "ClassConditionalPipeline" and pipeline.config.image_size == 16
+
+
 # ------------------------------------------------------------------------------------- the generator folder
 
 SHIPPED_GENERATOR = REPO_ROOT / "model_zoo" / "cifar10_lt_generator"
@@ -174,7 +327,12 @@ def edit_info(folder, **changes):
     (lambda folder: (folder / "unet").rmdir(), "unet/ is missing"),
     (lambda folder: edit_info(folder, image_size="large"), "'image_size' must be a positive whole number"),
     (lambda folder: edit_info(folder, class_counts=[1, 2]), "'class_counts' has 2 entries for 10 classes"),
-], ids=["no generator.json", "not JSON", "wrong format", "no unet", "bad image size", "counts mismatch"])
+    (lambda folder: (folder / "model_index.json").write_text(json.dumps(
+        {**pipeline_config(read_generator_info(folder)), "default_steps": 50})),
+     "model_index.json disagrees with generator.json on default_steps, so diffusers would sample differently"),
+    (lambda folder: (folder / "model_index.json").write_text("{"), "model_index.json is not valid JSON"),
+], ids=["no generator.json", "not JSON", "wrong format", "no unet", "bad image size", "counts mismatch",
+        "pipeline settings disagree", "model_index not JSON"])
 def test_generator_folder_problems_are_named(generator_folder, break_it, message):
     break_it(generator_folder)
     with pytest.raises(GeneratorError, match=message):

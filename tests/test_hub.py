@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
-import yaml
 from conftest import write_tiny_generator
 from helpers_onnx import CLASS_NAMES, make_card, tiny_net_path, write_model
+from huggingface_hub import ModelCard as HubModelCard
 from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError, LocalTokenNotFoundError, RepositoryNotFoundError
 
@@ -176,7 +176,10 @@ def test_generator_ref_resolves_to_a_local_folder_open_generator_opens(hub_cache
 
     local, revision = resolve_generator_source(f"hf://alice/c10-gen@{SHA}/gen", None)
     assert Path(local) == hub_cache / "models--alice--c10-gen" / "snapshots" / SHA / "gen" and revision is None
-    assert patterns == [["gen/generator.json", "gen/unet/*", "gen/scheduler/*", "gen/README.md"]]
+    from inference.generator_folder import GENERATOR_DOWNLOAD_PATTERNS
+
+    assert patterns == [[f"gen/{pattern}" for pattern in GENERATOR_DOWNLOAD_PATTERNS]]
+    assert {"gen/generator.json", "gen/unet/*", "gen/scheduler/*", "gen/model_index.json"} <= set(patterns[0])
 
     generator = open_generator(f"hf://alice/c10-gen@{SHA}/gen", class_names=["red", "green", "blue"])
     assert generator.class_names == ["red", "green", "blue"]
@@ -206,19 +209,16 @@ def test_generator_ref_errors_are_generator_errors(hub_cache):
 # ------------------------------------------------------------------------------------------------------ push
 
 
-def front_matter(readme: Path) -> tuple[dict, str]:
-    _, meta, body = readme.read_text().split("---\n", 2)
-    return yaml.safe_load(meta), body
-
-
 def test_push_dry_run_of_an_exported_model(model_with_card, tmp_path, capsys):
     out = tmp_path / "staged"
     assert main(["push", "--checkpoint", str(model_with_card), "--repo-id", "alice/tiny", "--dry-run", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "tiny.onnx"]
     assert OnnxClassifier(out / "tiny.onnx").card == make_card()
-    meta, body = front_matter(out / "README.md")
-    assert meta == {"library_name": "onnx", "pipeline_tag": "image-classification",
+    readme = HubModelCard.load(out / "README.md")  # the model-index itself: tests/test_push_card.py
+    meta = {key: value for key, value in readme.data.to_dict().items() if key != "model-index"}
+    assert meta == {"library_name": "onnx", "license": "apache-2.0", "pipeline_tag": "image-classification",
                     "tags": ["long-tail", "longtail-studio", "onnx", "ce"], "metrics": ["accuracy"]}  # toy-lt: no datasets
+    body = readme.text
     assert body.startswith("\n# tiny\n") and "| bird | 7 | tail |" in body and "## Test accuracy (%)" in body
     printed = capsys.readouterr().out
     assert "nothing uploaded" in printed and "hf://alice/tiny@<commit sha>/tiny.onnx" in printed
@@ -241,8 +241,9 @@ def test_push_dry_run_of_a_run_exports_it_with_its_config(tmp_path_factory, tmp_
     assert main(["push", "--checkpoint", str(run), "--repo-id", "alice/c10", "--which", "last", "--dry-run", str(out)]) == 0
     assert exported == [(run, "last")]
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "cifar10_lt_ce_resnet32.onnx", "config.yaml"]
-    meta, body = front_matter(out / "README.md")
-    assert meta["datasets"] == ["uoft-cs/cifar10"] and body.startswith("\n# cifar10_lt_ce_resnet32\n")
+    readme = HubModelCard.load(out / "README.md")
+    assert readme.data.datasets == ["uoft-cs/cifar10"] and readme.text.startswith("\n# cifar10_lt_ce_resnet32\n")
+    assert {result.dataset_type for result in readme.data.eval_results} == {"uoft-cs/cifar10"}
 
 
 def test_push_dry_run_of_a_generator_folder(tiny_generator_folder, tmp_path, capsys):
@@ -250,9 +251,10 @@ def test_push_dry_run_of_a_generator_folder(tiny_generator_folder, tmp_path, cap
     assert main(["push", "--checkpoint", str(tiny_generator_folder), "--repo-id", "alice/gen", "--dry-run", str(out)]) == 0
     assert set(folder_files(out)) == {"README.md", "generator.json", "unet/config.json",
                                       "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"}
-    meta, body = front_matter(out / "README.md")
-    assert meta["tags"] == ["long-tail", "longtail-studio", "diffusion", "class-conditional"]
-    assert body == "\n" + (tiny_generator_folder / "README.md").read_text()
+    readme = HubModelCard.load(out / "README.md")
+    assert readme.data.tags == ["long-tail", "longtail-studio", "diffusion", "class-conditional"]
+    assert readme.text.startswith("\n" + (tiny_generator_folder / "README.md").read_text().strip() + "\n\n")
+    assert "Not measured" in readme.text and readme.data.eval_results is None  # no --recognition-report
     assert "hf://alice/gen@<commit sha>\n" in capsys.readouterr().out
     assert open_generator(out).class_names == ["red", "green", "blue"]
 

@@ -9,8 +9,9 @@ what gets exported. Training draws classes by `sampler` (sqrt: p(c) ∝ √n_c, 
 tail and balancing it), since the tail is what the generator is for.
 
 Steps run in chunks of `checkpoint_every`; each chunk reseeds every RNG from (seed, chunk), so a resumed
-run replays exactly what an uninterrupted one does. At the end the EMA UNet, a DDIM scheduler and
-generator.json go to `<output-dir>/generator/`, the folder `inference.generators` opens.
+run replays exactly what an uninterrupted one does. At the end the EMA UNet and a DDIM scheduler, saved as a
+diffusers pipeline (inference/pipeline.py), and generator.json go to `<output-dir>/generator/`, the folder
+`inference.generators` opens and diffusers loads.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from inference.generator_folder import CARD_FILE, GeneratorInfo, write_generator_info
+from inference.generator_folder import CARD_FILE, GeneratorInfo, pipeline_config, write_generator_info
 from training.checkpoint import git_revision, restore_model, restore_optimizer
 from training.config import ConfigError, DataConfig, RunConfig, parse_options, read_config_tree, validate_run
 from training.data.lt_data import build_datasets
@@ -256,11 +257,12 @@ def denoising_loss(unet, scheduler, images: torch.Tensor, classes: torch.Tensor,
 
 
 def export_generator(output_dir: Path, ema_unet, config: GeneratorConfig, bundle, step: int, seconds: float) -> Path:
-    """The EMA UNet + DDIM scheduler + generator.json, in `<output_dir>/generator/`."""
+    """The EMA UNet + DDIM scheduler as a diffusers pipeline (unet/, scheduler/, model_index.json, pipeline.py),
+    with README.md and generator.json, in `<output_dir>/generator/`."""
+    from inference.pipeline import ClassConditionalPipeline
+
     _, sampling_scheduler = noise_schedulers(config)
     target = output_dir / "generator"
-    ema_unet.save_pretrained(target / "unet", safe_serialization=True)
-    sampling_scheduler.save_pretrained(target / "scheduler")
     info = GeneratorInfo(
         name=f"{config.data.dataset}_class_conditional_ddim",
         class_names=list(bundle.class_names),
@@ -276,7 +278,9 @@ def export_generator(output_dir: Path, ema_unet, config: GeneratorConfig, bundle
                   "parameters": sum(p.numel() for p in ema_unet.parameters())},
         config=config.to_dict(),
     )
-    # The card first: generator.json is what marks the folder as a generator, so it comes last.
+    pipeline = ClassConditionalPipeline(ema_unet, sampling_scheduler, **pipeline_config(info))
+    pipeline.save_pretrained(target, safe_serialization=True)
+    # The card next: generator.json is what marks the folder as a generator, so it comes last.
     (target / CARD_FILE).write_text(generator_card(info))
     write_generator_info(target, info)
     print(f"generator written to {target} ({step} steps, {seconds / 60:.1f} min)")
@@ -312,6 +316,22 @@ python -m training synthesize --generator <this folder> --config configs/cifar10
 
 ```python
 from inference.generators import open_generator
-images = open_generator("<this folder>").generate(class_index=9, count=4, seed=0)
+images = open_generator("<this folder>").generate(class_index={len(info.class_names) - 1}, count=4, seed=0)
+```
+
+{diffusers_loading(info)}"""
+
+
+def diffusers_loading(info: GeneratorInfo) -> str:
+    """The card's section on loading the folder with diffusers alone (its pipeline.py is the pipeline class)."""
+    return f"""With diffusers alone (no LongTail Studio): `trust_remote_code=True` runs this folder's `pipeline.py`,
+the pipeline class that `model_index.json` names. From the Hub, the pinned revision pins that code too.
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+pipeline = DiffusionPipeline.from_pretrained("<this folder>", trust_remote_code=True)
+# from the Hub: DiffusionPipeline.from_pretrained("<owner/name>", revision="<commit sha>", trust_remote_code=True)
+images = pipeline(class_labels=["{info.class_names[-1]}"] * 4, generator=torch.Generator().manual_seed(0)).images
 ```
 """
