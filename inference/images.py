@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 40_000_000
+from inference.limits import DEFAULT_MAX_PIXELS
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 

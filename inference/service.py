@@ -25,7 +25,8 @@ from PIL import Image
 
 from inference.classifier import MODEL_ERRORS, OnnxClassifier, Prediction, list_models, resolve_model
 from inference.generator_folder import GeneratorError, GeneratorInfo, is_generator_folder, read_generator_info
-from inference.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, load_image
+from inference.images import ImageLoadError, ImageSource, load_image
+from inference.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,6 @@ class RequestError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_upload_bytes: int = 25 * 2**20  # per file
-    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked before decoding the pixels
-    max_batch: int = 32  # images per classification request
-    max_generate: int = 16  # images per generation request
-    max_steps: int = 100  # denoising steps per generation request
-    max_waiting_generations: int = 4  # requests queued behind the one running; more are refused
-
-    @property
-    def max_upload_text(self) -> str:
-        return f"{self.max_upload_bytes / 2**20:g} MB"
 
 
 # --- Models -----------------------------------------------------------------------------------
