@@ -5,11 +5,14 @@
     torchrun --standalone --nproc_per_node=N -m training train ... (DDP: CPU gloo, or one GPU per process)
     python -m training evaluate --checkpoint DIR [--which best|last] [--split test|val]
     python -m training export --checkpoint DIR --output model.onnx
+    python -m training export --checkpoint DIR_OR_ONNX --quantize int8 --output model_int8.onnx [--max-group-drop 1.0]
     python -m training extract-features --checkpoint DIR --output features.safetensors
     python -m training train-generator --config configs/generator/cifar10_lt.yaml --output-dir DIR [--resume]
     python -m training synthesize --generator DIR_OR_HUB_ID --config configs/cifar10_lt/ce.yaml --output DIR
+    torchrun --standalone --nproc_per_node=N -m training synthesize ... (the same files as one process)
     python -m training check-synthetic --synthetic DIR --model model.onnx [--sample-per-class N]
     python -m training push --checkpoint DIR_OR_ONNX_OR_GENERATOR --repo-id owner/name [--dry-run DIR]
+                            [--recognition-report FILE.json]   (a generator's check-synthetic report, for its card)
 """
 
 from __future__ import annotations
@@ -40,12 +43,19 @@ def _parser() -> argparse.ArgumentParser:
                           help="override data settings, e.g. --set data.root=/data/cifar10.npz")
 
     export = commands.add_parser("export", help="export to ONNX with the model card in its metadata")
-    export.add_argument("--checkpoint", required=True, help="a run directory or a .safetensors file")
+    export.add_argument("--checkpoint", required=True,
+                        help="a run directory or a .safetensors file (with --quantize also an exported .onnx file)")
     export.add_argument("--which", choices=("best", "last"), default="best")
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override data settings used for the parity check on real images")
+                        help="override data settings used for the parity check on real images (and, with "
+                             "--quantize, for calibration and the test set), e.g. --set data.root=data/cifar10.npz")
     export.add_argument("--tolerance", type=float, default=1e-4, help="allowed |ONNX - torch| per logit (plus 1e-6 x |logit|)")
+    export.add_argument("--quantize", choices=("int8",),
+                        help="write a static int8 model instead, calibrated on training images; refused (nothing "
+                             "written) if a head / medium / tail group loses more than --max-group-drop on the test set")
+    export.add_argument("--max-group-drop", type=float, default=1.0,
+                        help="with --quantize: most accuracy points fp32 → int8 any group may lose (default 1.0)")
     features = commands.add_parser("extract-features",
                                    help="frozen backbone features and labels of train / val / test, to one file")
     features.add_argument("--checkpoint", required=True, help="a run directory or a .safetensors file")
@@ -103,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--branch", help="push to this branch (created if needed) instead of main")
     push.add_argument("--commit-message")
     push.add_argument("--dry-run", metavar="OUT_DIR", help="write the repo content to OUT_DIR and upload nothing")
+    push.add_argument("--recognition-report", metavar="FILE.json",
+                      help="for a generator: the JSON that `check-synthetic --output` wrote, put into its card")
     return parser
 
 
@@ -133,6 +145,11 @@ def _evaluate(args) -> None:
 
 
 def _export(args) -> None:
+    if args.quantize == "int8":
+        from training.quantize import quantize_export
+
+        quantize_export(args.checkpoint, args.output, args.which, args.overrides, args.tolerance, args.max_group_drop)
+        return
     from training.export import export_checkpoint
 
     export_checkpoint(args.checkpoint, args.output, args.which, args.overrides, args.tolerance)
@@ -165,7 +182,8 @@ def _check_synthetic(args) -> None:
 def _push(args) -> None:
     from training.push import push
 
-    push(args.checkpoint, args.repo_id, args.which, args.private, args.branch, args.commit_message, args.dry_run)
+    push(args.checkpoint, args.repo_id, args.which, args.private, args.branch, args.commit_message, args.dry_run,
+         args.recognition_report)
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "extract-features": _extract_features,
@@ -176,8 +194,8 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "extract-
 def _interrupted(args) -> int | None:
     """Ctrl-C: what is kept and how to continue, for the commands that keep their progress (None for the others)."""
     if args.command == "synthesize":
-        print(f"\ninterrupted; every finished batch is kept. Run the same command again to continue "
-              f"into {args.output}", file=sys.stderr)
+        print(f"\ninterrupted; every finished batch is kept. Run the same command again (with any number of "
+              f"processes) to continue into {args.output}", file=sys.stderr)
         return 130
     if args.command not in ("train", "train-generator"):
         return None
@@ -194,8 +212,9 @@ def main(argv=None) -> int:
         parser.error(f"{args.command} needs --config (or --resume to continue a run)")
     from training.distributed import launched_world_size
 
-    if args.command != "train" and launched_world_size() > 1:
-        parser.error(f"only `train` runs in several processes; start `{args.command}` without torchrun")
+    if args.command not in ("train", "synthesize") and launched_world_size() > 1:
+        parser.error(f"only `train` and `synthesize` run in several processes; start `{args.command}` without "
+                     "torchrun")
     from inference.generators import GeneratorError
     from inference.images import ImageLoadError
     from training.checkpoint import CheckpointError

@@ -112,6 +112,21 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return collectives.wait_tensor(collectives.all_gather_single(sent, 0, dist.group.WORLD)).to(tensor.dtype)
 
 
+def all_gather_values(values: list[float]) -> list[list[float]]:
+    """Every rank's list of numbers (any lengths, exact as float64), in rank order; no gradient. A tensor
+    of numbers rather than all_gather_object, which would unpickle what the other ranks send."""
+    if world_size() == 1:
+        return [list(values)]
+    device = _collective_device()
+    lengths = all_gather(torch.tensor([len(values)], device=device)).tolist()
+    if max(lengths) == 0:
+        return [[] for _ in lengths]
+    padded = torch.zeros(max(lengths), dtype=torch.float64, device=device)
+    padded[:len(values)] = torch.tensor(values, dtype=torch.float64)
+    gathered = all_gather(padded).view(len(lengths), -1).tolist()
+    return [row[:length] for row, length in zip(gathered, lengths)]
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of `tensor` over ranks (a new tensor on its device, no gradient)."""
     if world_size() == 1:

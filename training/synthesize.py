@@ -8,6 +8,19 @@ Images are written batch by batch and listed in images.jsonl after their files e
 synthetic_set.py), so a killed run continues where it stopped when the same command is run again.
 With --filter-model, an image is kept only if that classifier gives its class at least the threshold;
 generation continues until the class is full, and the manifest records the model and the threshold.
+
+Several processes (GPUs or nodes; gloo on CPU) split the work:
+
+    torchrun --standalone --nproc_per_node=4 -m training synthesize ...   (the same arguments)
+
+The work is cut into chunks, one `generate` call each, at fixed multiples of --batch-size in every class's
+image indices (each image has its own seed, inference/generators.py `image_seeds`, and always the same
+batch). Each round every rank makes one chunk of a plan that all ranks compute alike from images.jsonl;
+the filter scores are gathered, every rank applies the one-process rule (the passing images in index order
+until the class is full) and saves its kept images, and rank 0 alone appends the round to images.jsonl
+after a barrier. A crash of any rank loses at most the round in flight, the state is images.jsonl alone,
+so a resume may use any number of processes, and the finished folder has the same files, byte for byte,
+as one process writes.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +39,25 @@ from inference.generators import GeneratorError, open_generator
 from models import get_preprocessing
 from training.config import ConfigError, load_config
 from training.data.lt_data import build_datasets
-from training.data.synthetic_set import append_records, class_folder, start_synthetic_set, top_up_counts
+from training.data.synthetic_set import (
+    append_records,
+    check_same_settings,
+    class_folder,
+    read_synthetic_set,
+    start_synthetic_set,
+    top_up_counts,
+    write_in_canonical_order,
+)
+from training.distributed import (
+    all_gather_values,
+    barrier,
+    close_distributed,
+    init_distributed,
+    is_main,
+    log,
+    rank,
+    world_size,
+)
 from training.run import start_run
 
 MAX_ATTEMPTS_PER_IMAGE = 20  # with a filter: give up on a class after this many tries per wanted image
@@ -61,65 +93,215 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One `generate` call: images first … first+count−1 of one class. Chunks start at multiples of the batch
+    size whatever the process count or the point a run resumes from, so an image is always made in the same
+    batch (another batch changes the last bits a UNet computes, and so a pixel here and there); indices below
+    `resume_from` were decided by an earlier run and are made again only to keep that batch."""
+    class_index: int
+    first: int
+    count: int
+    resume_from: int = 0
+
+    @property
+    def candidates(self) -> range:
+        return range(max(self.first, self.resume_from), self.first + self.count)
+
+
+@dataclasses.dataclass
+class ClassState:
+    target: int
+    have: int = 0
+    next_index: int = 0  # the first candidate not decided yet (kept or filtered out)
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.target - self.have)
+
+
+def states_from_records(records: list[dict], wanted: list[int]) -> list[ClassState]:
+    """Each class's kept count and next candidate (after its highest kept index), from images.jsonl alone:
+    the whole state of a run, so any number of processes continues it."""
+    states = [ClassState(target) for target in wanted]
+    for record in records:
+        state = states[record["class_index"]]
+        state.have += 1
+        state.next_index = max(state.next_index, record["index"] + 1)
+    return states
+
+
+def class_chunks(state: ClassState, class_index: int, batch_size: int, filtered: bool) -> Iterator[Chunk]:
+    """A class's remaining chunks in index order: without a filter exactly its missing images; with one,
+    blocks of batch_size candidates until MAX_ATTEMPTS_PER_IMAGE per wanted image have been tried."""
+    limit = MAX_ATTEMPTS_PER_IMAGE * max(state.target, 1)
+    end = limit if filtered else state.next_index + state.missing
+    first = state.next_index // batch_size * batch_size
+    while first < end:
+        yield Chunk(class_index, first, batch_size if filtered else min(first + batch_size, end) - first,
+                    state.next_index)
+        first += batch_size
+
+
+def plan_round(states: list[ClassState], batch_size: int, filtered: bool, ranks: int,
+               class_names: list[str]) -> list[Chunk]:
+    """The next round, at most one chunk per rank (chunk r for rank r), computed alike on every rank from the
+    kept images alone, never from timing. First the chunks each unfinished class needs if every image passed,
+    class by class; ranks still idle then try further chunks of the unfinished classes in turn (with a filter).
+    Images are kept in index order up to the target (keep_in_index_order), so the extra chunks change what is
+    tried, never what is kept: the result does not depend on the number of processes."""
+    plan, spare = [], []
+    for class_index, state in enumerate(states):
+        if state.missing == 0:
+            continue
+        chunks = class_chunks(state, class_index, batch_size, filtered)
+        needed = _enough_if_all_pass(chunks, state.missing)
+        if not needed:
+            raise GeneratorError(f"class '{class_names[class_index]}': only {state.have} of {state.target} images "
+                                 f"passed the filter after {state.next_index} tries; lower --filter-threshold or "
+                                 "improve the generator")
+        plan.extend(needed)
+        if len(plan) >= ranks:
+            return plan[:ranks]
+        spare.append(chunks)
+    while spare and len(plan) < ranks:
+        for chunks in list(spare):
+            chunk = next(chunks, None)
+            if chunk is None:
+                spare.remove(chunks)
+            elif len(plan) < ranks:
+                plan.append(chunk)
+    return plan
+
+
+def _enough_if_all_pass(chunks: Iterator[Chunk], missing: int) -> list[Chunk]:
+    taken, candidates = [], 0
+    while candidates < missing and (chunk := next(chunks, None)) is not None:
+        taken.append(chunk)
+        candidates += len(chunk.candidates)
+    return taken
+
+
+def keep_in_index_order(plan: list[Chunk], scores: list[list[float | None]], states: list[ClassState],
+                        threshold: float | None) -> list[list[int]]:
+    """Per chunk, the indices kept: the candidates that pass (score ≥ threshold; every one without a
+    filter) in index order, until their class has its target; updates `states`. A class's chunks come in
+    index order in a plan, so this is the one-process rule whatever the chunks' ranks."""
+    kept = []
+    for chunk, chunk_scores in zip(plan, scores):
+        state = states[chunk.class_index]
+        chosen = []
+        for index, score in zip(chunk.candidates, chunk_scores):
+            if state.have + len(chosen) >= state.target:
+                break
+            if threshold is None or score >= threshold:
+                chosen.append(index)
+        state.have += len(chosen)
+        state.next_index = chunk.first + chunk.count
+        kept.append(chosen)
+    return kept
+
+
 def synthesize(generator, class_names: list[str], wanted: list[int], output: str | Path, seed: int = 0,
                steps: int | None = None, guidance: float | None = None, batch_size: int = 64,
                image_filter: ConfidenceFilter | None = None, dataset: str = "", progress: bool = True) -> dict:
-    """Generate until class c has `wanted[c]` kept images in `output`; returns the per-class summary."""
+    """Generate until class c has `wanted[c]` kept images in `output`; returns the per-class summary.
+
+    Under torchrun every rank runs this with its own device: each round gives each rank one chunk of a plan
+    they all compute alike; rank 0 alone writes images.jsonl, after every rank has saved its kept images."""
     steps = steps or generator.default_steps
     guidance = generator.default_guidance if guidance is None else guidance
     manifest = {"generator": generator.describe(), "dataset": dataset, "class_names": list(class_names),
                 "target_counts": list(wanted), "seed": seed, "steps": steps, "guidance": guidance,
                 "image_size": generator.image_size,
                 "filter": image_filter.description if image_filter is not None else None}
-    synthetic = start_synthetic_set(output, manifest)
-    have = synthetic.counts()
-    # How many were tried per class (kept or filtered out): the next image index, so seeds never repeat.
-    tried = [0] * len(class_names)
-    for record in synthetic.records:
-        tried[record["class_index"]] = max(tried[record["class_index"]], record["index"] + 1)
-    todo = sum(max(0, w - h) for w, h in zip(wanted, have))
-    bar = tqdm(total=todo, disable=not progress, desc="synthesize", unit="img")
+    synthetic = _open_on_every_rank(output, manifest, class_names)
+    states = states_from_records(synthetic.records, wanted)
+    threshold = image_filter.threshold if image_filter is not None else None
+    bar = tqdm(total=sum(state.missing for state in states), disable=not (progress and is_main()),
+               desc="synthesize", unit="img")
     started, generated = time.perf_counter(), 0
-    for class_index, target in enumerate(wanted):
-        folder = synthetic.root / class_folder(class_index, class_names[class_index])
-        folder.mkdir(exist_ok=True)
-        while have[class_index] < target:
-            if tried[class_index] >= MAX_ATTEMPTS_PER_IMAGE * max(target, 1):
-                raise GeneratorError(f"class '{class_names[class_index]}': only {have[class_index]} of {target} "
-                                     f"images passed the filter after {tried[class_index]} tries; lower "
-                                     "--filter-threshold or improve the generator")
-            count = min(batch_size, target - have[class_index]) if image_filter is None else batch_size
-            first = tried[class_index]
-            images = generator.generate(class_index, count, seed=seed, steps=steps, guidance=guidance,
-                                        first_index=first)
-            generated += len(images)
-            scores = image_filter.scores(images, class_index) if image_filter is not None else [None] * count
-            records = []
-            for offset, (image, score) in enumerate(zip(images, scores)):
-                if score is not None and score < image_filter.threshold:
-                    continue
-                if have[class_index] + len(records) >= target:
-                    break
-                index = first + offset
-                relative = f"{folder.name}/{index:06d}.png"
-                image.save(synthetic.root / relative)
-                record = {"file": relative, "class_index": class_index, "index": index, "seed": seed,
-                          "prompt": generator.prompt(class_index, index)}
-                if score is not None:
-                    record["score"] = round(score, 4)
-                records.append(record)
+    while plan := plan_round(states, batch_size, image_filter is not None, world_size(), class_names):
+        mine = plan[rank()] if rank() < len(plan) else None
+        images, scores = _make_chunk(generator, mine, seed, steps, guidance, image_filter)
+        every_score = _every_chunks_scores(plan, scores, image_filter is not None)
+        kept = keep_in_index_order(plan, every_score, states, threshold)
+        if mine is not None:
+            _save_kept(synthetic.root, class_names, mine, images, kept[rank()])
+        barrier()  # every rank's files exist before rank 0 lists them
+        if is_main():
+            records = _records(generator, class_names, plan, kept, every_score, seed)
             append_records(synthetic, records)
-            tried[class_index] = first + count
-            have[class_index] += len(records)
             bar.update(len(records))
+        generated += sum(chunk.count for chunk in plan)
     bar.close()
+    if is_main():
+        write_in_canonical_order(synthetic)
+    barrier()
     seconds = time.perf_counter() - started
+    have = [state.have for state in states]
     summary = {"output": str(synthetic.root), "counts": have, "generated_this_run": generated,
                "seconds": round(seconds, 1),
                "seconds_per_image": round(seconds / generated, 4) if generated else None}
-    print(f"{sum(have)} synthetic images in {synthetic.root} (per class {have}); generated {generated} "
-          f"this run in {seconds:.0f} s")
+    log(f"{sum(have)} synthetic images in {synthetic.root} (per class {have}); generated {generated} "
+        f"this run in {seconds:.0f} s" + (f" on {world_size()} processes" if world_size() > 1 else ""))
     return summary
+
+
+def _open_on_every_rank(output: str | Path, manifest: dict, class_names: list[str]):
+    """Every rank checks the folder's settings (so a mismatch is a clear error on each of them), rank 0 alone
+    creates or reopens it, then every rank reads the same state."""
+    check_same_settings(output, manifest)
+    if is_main():
+        synthetic = start_synthetic_set(output, manifest)
+        for class_index, name in enumerate(class_names):
+            (synthetic.root / class_folder(class_index, name)).mkdir(exist_ok=True)
+    barrier()
+    return read_synthetic_set(output)
+
+
+def _make_chunk(generator, chunk: Chunk | None, seed: int, steps: int, guidance: float,
+                image_filter: ConfidenceFilter | None) -> tuple[list, list[float]]:
+    """The chunk's images, and the filter's score of each candidate (none without a filter or a chunk)."""
+    if chunk is None:
+        return [], []
+    images = generator.generate(chunk.class_index, chunk.count, seed=seed, steps=steps, guidance=guidance,
+                                first_index=chunk.first)
+    if image_filter is None:
+        return images, []
+    scores = image_filter.scores(images, chunk.class_index)  # the whole batch, as the first run scored it
+    return images, scores[chunk.candidates.start - chunk.first:]
+
+
+def _every_chunks_scores(plan: list[Chunk], scores: list[float], filtered: bool) -> list[list[float | None]]:
+    """Per chunk of the plan (rank r made chunk r), its candidates' scores; None for each without a filter."""
+    if not filtered:
+        return [[None] * len(chunk.candidates) for chunk in plan]
+    return all_gather_values(scores)[:len(plan)]
+
+
+def _save_kept(root: Path, class_names: list[str], chunk: Chunk, images: list, kept: list[int]) -> None:
+    for index in kept:
+        images[index - chunk.first].save(root / _image_file(class_names, chunk.class_index, index))
+
+
+def _image_file(class_names: list[str], class_index: int, index: int) -> str:
+    return f"{class_folder(class_index, class_names[class_index])}/{index:06d}.png"
+
+
+def _records(generator, class_names: list[str], plan: list[Chunk], kept: list[list[int]],
+             scores: list[list[float | None]], seed: int) -> list[dict]:
+    """images.jsonl lines for a round's kept images, in (class, index) order."""
+    records = []
+    for chunk, chosen, chunk_scores in zip(plan, kept, scores):
+        score_of = dict(zip(chunk.candidates, chunk_scores))
+        for index in chosen:
+            record = {"file": _image_file(class_names, chunk.class_index, index), "class_index": chunk.class_index,
+                      "index": index, "seed": seed, "prompt": generator.prompt(chunk.class_index, index)}
+            if score_of[index] is not None:
+                record["score"] = round(score_of[index], 4)
+            records.append(record)
+    return sorted(records, key=lambda record: (record["class_index"], record["index"]))
 
 
 def recognition_report(paths: list[Path], labels: np.ndarray, class_names: list[str], model_path: str,
@@ -155,8 +337,17 @@ def print_recognition_report(report: dict) -> None:
 
 def synthesize_from_args(args) -> dict:
     config = load_config(args.config, args.overrides)
-    # --device auto follows the config's run.device; the other run.* settings apply as in every command
-    device = str(start_run(config.run if args.device == "auto" else dataclasses.replace(config.run, device=args.device)))
+    # --device auto follows the config's run.device; the other run.* settings apply as in every command.
+    # Under torchrun each process joins the group and takes its own GPU (cuda:LOCAL_RANK).
+    run = config.run if args.device == "auto" else dataclasses.replace(config.run, device=args.device)
+    device = init_distributed(start_run(run))
+    try:
+        return _synthesize_on(config, args, str(device))
+    finally:
+        close_distributed()
+
+
+def _synthesize_on(config, args, device: str) -> dict:
     bundle = build_datasets(config.data)
     class_names, counts = bundle.class_names, bundle.train_counts
     image_size = get_preprocessing(config.model.name).input_size[-1]
@@ -190,8 +381,6 @@ def _text_to_image_options(args) -> dict:
 
 def check_synthetic_from_args(args) -> dict:
     import json
-
-    from training.data.synthetic_set import read_synthetic_set
 
     synthetic = read_synthetic_set(args.synthetic)
     counts = synthetic.counts()

@@ -6,6 +6,9 @@
 
 images.jsonl is appended batch by batch after the batch's files are written, so an interrupted run leaves
 a consistent prefix and `synthesize` resumes from it. A line whose file is missing is an error, not a gap.
+Several processes (torchrun) append whole rounds from rank 0 alone, so the lines of different classes may
+interleave while a run is going; a finished run rewrites the file in (class, index) order, which is the
+order one process writes, so the finished folder is the same whatever the process count.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def class_folder(class_index: int, class_name: str) -> str:
 class SyntheticSet:
     root: Path
     manifest: dict
-    records: list[dict] = field(default_factory=list)  # images.jsonl, in generation order
+    records: list[dict] = field(default_factory=list)  # images.jsonl: each class's images in index order
 
     @property
     def class_names(self) -> list[str]:
@@ -111,17 +114,28 @@ def read_synthetic_set(directory: str | Path, class_names: list[str] | None = No
     return SyntheticSet(root, manifest, records)
 
 
+def check_same_settings(directory: str | Path, manifest: dict) -> SyntheticSet | None:
+    """The set already in `directory` (None if there is none), after checking it was made with `manifest`'s
+    settings (the target counts may change). Reads only, so every process of a run can check it."""
+    root = Path(directory)
+    if not (root / MANIFEST).exists():
+        return None
+    existing = read_synthetic_set(root)
+    manifest = dict(manifest, format=FORMAT)
+    changed = sorted(key for key in set(manifest) | set(existing.manifest)
+                     if key != "target_counts" and manifest.get(key) != existing.manifest.get(key))
+    if changed:
+        raise ConfigError(f"{root} holds a synthetic set made with different settings ({', '.join(changed)}); "
+                          "choose another --output or delete it")
+    return existing
+
+
 def start_synthetic_set(directory: str | Path, manifest: dict) -> SyntheticSet:
     """Create the folder and its manifest, or reopen an unfinished set made with the same settings."""
     root = Path(directory)
     manifest = dict(manifest, format=FORMAT)
-    if (root / MANIFEST).exists():
-        existing = read_synthetic_set(root)
-        changed = sorted(key for key in set(manifest) | set(existing.manifest)
-                         if key != "target_counts" and manifest.get(key) != existing.manifest.get(key))
-        if changed:
-            raise ConfigError(f"{root} holds a synthetic set made with different settings ({', '.join(changed)}); "
-                              "choose another --output or delete it")
+    existing = check_same_settings(root, manifest)
+    if existing is not None:
         existing.manifest = dict(existing.manifest, target_counts=manifest["target_counts"])
         atomic_write_text(root / MANIFEST, json.dumps(existing.manifest, indent=1))
         _drop_cut_line(root / IMAGES)
@@ -146,3 +160,11 @@ def append_records(synthetic_set: SyntheticSet, records: list[dict]) -> None:
         handle.write("".join(json.dumps(record) + "\n" for record in records))
         handle.flush()
     synthetic_set.records.extend(records)
+
+
+def write_in_canonical_order(synthetic_set: SyntheticSet) -> None:
+    """Rewrite images.jsonl with its lines in (class, index) order (atomically; nothing if already so)."""
+    ordered = sorted(synthetic_set.records, key=lambda record: (record["class_index"], record["index"]))
+    if ordered != synthetic_set.records:
+        atomic_write_text(synthetic_set.root / IMAGES, "".join(json.dumps(record) + "\n" for record in ordered))
+        synthetic_set.records = ordered
