@@ -6,7 +6,8 @@
 
 prints a JSON list with one object per image. Exit status: 0 when every image was classified,
 1 when some image could not be read (it gets {"image": ..., "error": ...}; the others are still
-predicted), 2 when the model itself cannot be used (no metadata, wrong shape, missing file).
+predicted), 2 for a usage error (an unknown option, a value outside the limits) or a model that cannot
+be used (no metadata, wrong shape, missing file).
 """
 
 from __future__ import annotations
@@ -14,26 +15,40 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import stat
 import sys
 from pathlib import Path
 
-from inference.card import markdown_document
-from inference.classifier import MODEL_ERRORS, OnnxClassifier, record
+from inference.card import markdown_document, quantization_text
+from inference.classifier import MODEL_ERRORS, OnnxClassifier, Prediction, record
+from inference.images import ImageLoadError
+from inference.limits import ParameterError, check_text, number_from_text
 from inference.service import GeneratorService, Limits, ModelCatalog, Studio
 
 DEFAULT_GENERATOR = "model_zoo/cifar10_lt_generator"
+PREDICT_EXIT_STATUS = """exit status:
+  0  every image was classified
+  1  some input could not be read: its record is {"image", "error"}, the others are still classified
+  2  a usage error (an unknown option, a value outside the limits, e.g. --top-k 0) or a model that
+     cannot be used (no metadata, wrong shape, missing file); nothing is printed on stdout"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="classify image files and print JSON")
+    predict = commands.add_parser("predict", help="classify image files and print JSON", epilog=PREDICT_EXIT_STATUS,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_argument("--model", required=True, type=Path, help="an exported .onnx file")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    predict.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
+    predict.add_argument("--top-k", type=parameter_argument("top_k"), default=5,
+                         help="how many classes to list per image, 1 to 20 (default 5)")
+    predict.add_argument("--max-file-mb", type=positive_number, default=Limits().max_upload_bytes / 2**20,
+                         help="larger files are refused without being read (default %(default)g, as the server's "
+                              "--max-upload-mb)")
     predict.add_argument(
-        "--class-names",
+        "--class-names", type=class_names_argument,
         help="for models without LongTail metadata: comma-separated names, or a file with one name per line",
     )
     predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
@@ -61,15 +76,55 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="most images per generation request (default %(default)d)")
     serve.add_argument("--max-pixels", type=int, default=limits.max_pixels,
                        help="most pixels per image, checked before decoding (default %(default)d)")
+    # inference.server.DEFAULT_BODY_TIMEOUT, not imported: FastAPI is loaded for `serve` only.
+    serve.add_argument("--body-timeout", type=positive_number, default=30.0,
+                       help="seconds a request body may take to arrive whole; a slower one gets 408 (default %(default)g)")
     return parser
 
 
-def parse_class_names(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
+# --- Arguments: argparse turns an ArgumentTypeError into a usage error (exit 2) with its message --------------
+
+
+def parameter_argument(name: str):
+    """The argparse type of a request parameter: checked by the one table, so `--top-k 0` gets the sentence the
+    HTTP API and the app give for top_k 0."""
+
+    def checked(text: str):
+        try:
+            return check_text(name, text)
+        except ParameterError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    checked.__name__ = name  # argparse names the type in some messages
+    return checked
+
+
+def positive_number(text: str) -> float:
+    value = number_from_text(text)
+    if isinstance(value, str) or not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    return float(value)
+
+
+def class_names_argument(value: str) -> list[str]:
+    """Comma-separated names, or a file with one name per line."""
     path = Path(value)
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else value.split(",")
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a list of names longer than a file name may be
+        is_file = False
+    if not is_file:
+        return [name.strip() for name in value.split(",") if name.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path} ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"{path} is not a UTF-8 text file of class names") from None
     return [name.strip() for name in lines if name.strip()]
+
+
+# --- Commands -------------------------------------------------------------------------------------------------
 
 
 def open_model(path: Path, **kwargs) -> OnnxClassifier | None:
@@ -77,15 +132,47 @@ def open_model(path: Path, **kwargs) -> OnnxClassifier | None:
         return OnnxClassifier(path, **kwargs)
     except MODEL_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
+    except OSError as error:  # e.g. a name too long for the file system
+        print(f"error: cannot open model {str(path)[:80]!r}: {error.strerror or error}", file=sys.stderr)
+    return None
+
+
+def refused_unread(path: Path, limits: Limits) -> ImageLoadError | None:
+    """Why `path` is refused before a byte of it is read, from its stat alone: a FIFO would hang the read, a device
+    or a huge sparse file would be read whole. None when the loader may read it (a missing file or a folder too:
+    the loader says what it is)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None  # missing, not allowed, a name too long: the loader names the problem
+    if stat.S_ISREG(info.st_mode):
+        too_large = limits.file_too_large(str(path), info.st_size)
+        return ImageLoadError(f"{too_large}; nothing of it was read.") if too_large else None
+    if stat.S_ISDIR(info.st_mode):
         return None
+    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket"}
+    kind = next((name for test, name in kinds.items() if test(info.st_mode)), "not a regular file")
+    return ImageLoadError(f"{path} is {kind}, not an image file; only regular files are read.")
+
+
+def classify_paths(classifier: OnnxClassifier, paths: list[Path], top_k: int, limits: Limits,
+                   ) -> list[Prediction | ImageLoadError]:
+    """One result per path, in order: files refused from their stat keep their reason, the others are classified."""
+    refusals = [refused_unread(path, limits) for path in paths]
+    results = iter(classifier.classify_files([p for p, refusal in zip(paths, refusals) if refusal is None], top_k))
+    return [next(results) if refusal is None else refusal for refusal in refusals]
 
 
 def predict(args: argparse.Namespace) -> int:
-    classifier = open_model(args.model, threads=args.threads, class_names=parse_class_names(args.class_names))
+    classifier = open_model(args.model, threads=args.threads, class_names=args.class_names)
     if classifier is None:
         return 2
 
-    results = classifier.classify_files(args.images, top_k=args.top_k)
+    if classifier.card.quantization:  # on stderr: stdout stays the JSON records
+        print(f"{args.model.name}: {quantization_text(classifier.card)}", file=sys.stderr)
+    limits = Limits(max_upload_bytes=int(args.max_file_mb * 2**20))
+    results = classify_paths(classifier, args.images, args.top_k, limits)
     records = [record(str(path), result) for path, result in zip(args.images, results)]
     json.dump(records, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -111,7 +198,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     studio = Studio(catalog, GeneratorService(args.generator or None, revision=args.generator_revision), limits)
-    run_server(studio, host=args.host, port=args.port)
+    run_server(studio, host=args.host, port=args.port, body_timeout=args.body_timeout)
     return 0
 
 

@@ -61,6 +61,8 @@ class ModelCard:
     config: dict = field(default_factory=dict)
     git_revision: str = ""
     checkpoint: dict = field(default_factory=dict)  # which weights these are: {"which": "val-selected", "epoch": 52}
+    # int8 files only (training/quantize.py): {"format", "calibration_images", "fp32_accuracy", "int8_accuracy", ...}
+    quantization: dict = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.class_names)
@@ -88,7 +90,7 @@ class ModelCard:
         """The card's training-time fields, as a checkpoint's JSON stores them (metrics and which checkpoint
         are added by the trainer when they are known)."""
         info = asdict(self)
-        del info["metrics"], info["checkpoint"]
+        del info["metrics"], info["checkpoint"], info["quantization"]
         return info
 
     @classmethod
@@ -189,6 +191,20 @@ def _percent(value) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def quantization_text(card: ModelCard) -> str:
+    """One line on an int8 model: its format, calibration and test accuracy before → after; "" for float32 models."""
+    record = card.quantization
+    if not record:
+        return ""
+    form, before, after = record.get("format", {}), record.get("fp32_accuracy", {}), record.get("int8_accuracy", {})
+    labels = {"overall": "overall", **{group: group_name(group) for group in GROUPS}}
+    accuracy = ", ".join(f"{label} {_percent(before.get(key))} → {_percent(after.get(key))}"
+                         for key, label in labels.items())
+    return (f"int8 ({form.get('quant_format', '?')}, {form.get('activations', '?')} activations, "
+            f"{form.get('weights', '?')} weights), calibrated on {record.get('calibration_images', '?')} training "
+            f"images; test accuracy fp32 → int8 (%): {accuracy}")
+
+
 def markdown_document(card: ModelCard, title: str) -> str:
     """Everything in the card, for people: data, groups, accuracy (last vs val-selected), provenance."""
     pre = card.preprocessing
@@ -203,7 +219,8 @@ def markdown_document(card: ModelCard, title: str) -> str:
         else f"- **Dataset:** {card.dataset}  ",
         f"- **Input:** {pre.interpolation} resize to {pre.resize_to}, centre crop {pre.input_size[1]}x"
         f"{pre.input_size[2]}, mean {pre.mean}, std {pre.std}  ",
-        f"- **Git revision:** `{card.git_revision}`", "",
+        f"- **Git revision:** `{card.git_revision}`",
+        *([f"- **Quantization:** {quantization_text(card)}"] if card.quantization else []), "",
         "## Training data", "", group_rule_text(card), "",
         "| class | training images | group |", "|---|---:|---|",
     ]

@@ -1,7 +1,7 @@
 """Classify images with an exported ONNX model and its model card.
 
     clf = OnnxClassifier("model_zoo/cifar10_lt_ce_resnet32.onnx")
-    [prediction] = clf.predict([load_image("cat.png")], top_k=3)
+    [prediction] = clf.classify_files(["cat.png"], top_k=3)
     print(describe(prediction.top[0]))  # "cat · tail class · 387 training images"
 
 Everything the classifier needs (class names, training counts, head/medium/tail groups,
@@ -29,7 +29,8 @@ from inference.card import (
     Preprocessing,
     group_name,
 )
-from inference.images import ImageLoadError, load_image, to_rgb
+from inference.images import DecodedImage, ImageLoadError, ImageSource, decode_image, to_rgb
+from inference.limits import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 BATCH_SIZE = 64
+# An upload is decoded reduced (inference/images.py) as long as its shorter side keeps this many times the pixels
+# the resize leaves: resizing that to the model's size gives the full-size result within a grey level (measured
+# on real photos enlarged 6-11x, PNG and JPEG, bilinear and bicubic, 32 and 224 inputs; a gap of 4 gave 3 levels).
+REDUCING_GAP = 8
 # Resizing the shorter side scales the longer one too: a 2-kilobyte 1×2,000,000 PNG, well under the pixel limit,
 # would become a 36×72,000,000 image (10 GB). Above this many pixels only the part the centre crop keeps is resized.
 MAX_RESIZED_PIXELS = 2**22
@@ -72,14 +77,17 @@ class ClassScore:
 class Prediction:
     top: list[ClassScore]  # the top-k, most probable first
     scores: list[ClassScore]  # every class, in class-index order
+    warning: str | None = None  # why the prediction may mean little (an almost flat image); None: no doubt
 
     def to_dict(self) -> dict:
         best = self.top[0]
+        warning = {} if self.warning is None else {"warning": self.warning}
         return {
             "prediction": best.name,
             "probability": best.probability,
             "group": best.group,
             "train_count": best.train_count,
+            **warning,
             "top_k": [score.to_dict() for score in self.top],
             "classes": [score.to_dict() for score in self.scores],
         }
@@ -87,7 +95,7 @@ class Prediction:
 
 def record(image: str, result: Prediction | ImageLoadError) -> dict:
     """The JSON record of one input, as `python -m inference predict`, the app and the HTTP API give it:
-    the prediction, or {"image", "error"} for a file that cannot be read."""
+    the prediction (with "warning" when it may mean little), or {"image", "error"} for a file that cannot be read."""
     if isinstance(result, ImageLoadError):
         return {"image": image, "error": str(result)}
     return {"image": image, **result.to_dict()}
@@ -207,14 +215,31 @@ class OnnxClassifier:
     def class_names(self) -> list[str]:
         return self.card.class_names
 
-    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def preprocess(self, images: Sequence[Image.Image | DecodedImage]) -> np.ndarray:
         return preprocess(images, self.card.preprocessing)
 
-    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+    @property
+    def decoded_shorter_side(self) -> int:
+        """The fewest pixels the shorter side of a decoded upload keeps (see REDUCING_GAP)."""
+        return REDUCING_GAP * self.card.preprocessing.resize_to
+
+    def decode(self, source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+        """An upload decoded no larger than this model needs; an `ImageLoadError` says why it cannot be."""
+        return decode_image(source, max_pixels, keep_shorter_side=self.decoded_shorter_side)
+
+    def input_tensor(self, image: Image.Image | DecodedImage) -> np.ndarray:
+        """One image as the model takes it, (3, height, width): all that needs keeping once it is decoded."""
+        return self.preprocess([image])[0]
+
+    def probabilities(self, images: Sequence[Image.Image | DecodedImage]) -> np.ndarray:
         """Softmax over the classes, shape (len(images), num_classes)."""
+        return self.tensor_probabilities([self.input_tensor(image) for image in images])
+
+    def tensor_probabilities(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
+        """Softmax over the classes of preprocessed images (`input_tensor`), run BATCH_SIZE at a time."""
         rows = []
-        for start in range(0, len(images), BATCH_SIZE):
-            batch = self.preprocess(images[start : start + BATCH_SIZE])
+        for start in range(0, len(tensors), BATCH_SIZE):
+            batch = np.stack(tensors[start : start + BATCH_SIZE])
             [logits] = self.session.run([self.output_name], {self.input_name: batch})
             if logits.shape != (len(batch), self.card.num_classes):
                 raise IncompatibleModelError(
@@ -224,25 +249,37 @@ class OnnxClassifier:
             rows.append(softmax(logits))
         return np.concatenate(rows) if rows else np.zeros((0, self.card.num_classes), dtype=np.float32)
 
-    def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
+    def predict(self, images: Sequence[Image.Image | DecodedImage], top_k: int = 5) -> list[Prediction]:
+        return self.predict_tensors([self.input_tensor(image) for image in images], top_k,
+                                    [getattr(image, "warning", None) for image in images])
+
+    def predict_tensors(self, tensors: Sequence[np.ndarray], top_k: int = 5,
+                        warnings: Sequence[str | None] | None = None) -> list[Prediction]:
+        """One prediction per preprocessed image, carrying its decoding warning (if any)."""
         top_k = max(1, min(int(top_k), self.card.num_classes))
-        return [self._prediction(row, top_k) for row in self.probabilities(images)]
+        warnings = warnings or [None] * len(tensors)
+        return [self._prediction(row, top_k, warning)
+                for row, warning in zip(self.tensor_probabilities(tensors), warnings)]
 
     def classify_files(
         self, paths: Sequence[str | os.PathLike], top_k: int = 5
     ) -> list[Prediction | ImageLoadError]:
-        """Predict for image files; a file that cannot be read gives its `ImageLoadError` in its place."""
-        return self.predict_loaded(load_images(paths), top_k)
+        """Predict for image files; a file that cannot be read gives its `ImageLoadError` in its place. One file is
+        decoded at a time and only its input tensor is kept."""
+        inputs = [self._decoded_input(path) for path in paths]
+        readable = [item for item in inputs if not isinstance(item, ImageLoadError)]
+        predictions = iter(self.predict_tensors([tensor for tensor, _ in readable], top_k,
+                                                [warning for _, warning in readable]))
+        return [item if isinstance(item, ImageLoadError) else next(predictions) for item in inputs]
 
-    def predict_loaded(
-        self, loaded: Sequence[Image.Image | ImageLoadError], top_k: int = 5
-    ) -> list[Prediction | ImageLoadError]:
-        """Predict the images of `load_images` output in one batch, keeping each error in its place."""
-        good = [item for item in loaded if isinstance(item, Image.Image)]
-        predictions = iter(self.predict(good, top_k))
-        return [next(predictions) if isinstance(item, Image.Image) else item for item in loaded]
+    def _decoded_input(self, path: str | os.PathLike) -> tuple[np.ndarray, str | None] | ImageLoadError:
+        try:
+            decoded = self.decode(path)
+        except ImageLoadError as error:
+            return error
+        return self.input_tensor(decoded), decoded.warning
 
-    def _prediction(self, probabilities: np.ndarray, top_k: int) -> Prediction:
+    def _prediction(self, probabilities: np.ndarray, top_k: int, warning: str | None = None) -> Prediction:
         card = self.card
         scores = [
             ClassScore(
@@ -256,61 +293,58 @@ class OnnxClassifier:
         ]
         # A stable sort keeps class order among ties, so results are deterministic.
         order = np.argsort(-probabilities, kind="stable")
-        return Prediction(top=[scores[i] for i in order[:top_k]], scores=scores)
+        return Prediction(top=[scores[i] for i in order[:top_k]], scores=scores, warning=warning)
 
 
-def load_images(paths: Sequence[str | os.PathLike]) -> list[Image.Image | ImageLoadError]:
-    """Every file as an RGB image, or the `ImageLoadError` saying why it cannot be one."""
-    loaded: list[Image.Image | ImageLoadError] = []
-    for path in paths:
-        try:
-            loaded.append(load_image(path))
-        except ImageLoadError as error:
-            loaded.append(error)
-    return loaded
-
-
-def preprocess(images: Sequence[Image.Image], preprocessing: Preprocessing) -> np.ndarray:
+def preprocess(images: Sequence[Image.Image | DecodedImage], preprocessing: Preprocessing) -> np.ndarray:
     """NCHW float32, equal (within 1 ulp) to torchvision's eval transform on PIL images, as in
-    training/data/transforms.py: Resize(resize_to, interpolation) + CenterCrop(input H, W) + to [0, 1] + Normalize."""
+    training/data/transforms.py: Resize(resize_to, interpolation) + CenterCrop(input H, W) + to [0, 1] + Normalize.
+    A `DecodedImage` reduced while decoding is resized with the geometry of its full size: the same output pixels
+    from fewer source pixels, within a grey level (REDUCING_GAP)."""
     _, height, width = preprocessing.input_size
     interpolation = INTERPOLATIONS[preprocessing.interpolation]
     mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preprocessing.std, dtype=np.float32).reshape(3, 1, 1)
     batch = np.empty((len(images), 3, height, width), dtype=np.float32)
     for i, image in enumerate(images):
-        image = _resize_and_crop(to_rgb(image), preprocessing.resize_to, interpolation, height, width)
+        decoded = image if isinstance(image, DecodedImage) else DecodedImage(to_rgb(image), image.size, 1)
+        image = _resize_and_crop(decoded, preprocessing.resize_to, interpolation, height, width)
         # Multiplying by 1/255 (not dividing by 255) is what training's v2.ToDtype(scale=True) does.
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)
         batch[i] = (pixels - mean) / std
     return batch
 
 
-def _resize_and_crop(image: Image.Image, size: int, interpolation: Image.Resampling, height: int, width: int,
+def _resize_and_crop(decoded: DecodedImage, size: int, interpolation: Image.Resampling, height: int, width: int,
                      ) -> Image.Image:
-    w, h = image.size
+    # Sizes and offsets are those of the full-size image; `factor` maps them onto the pixels at hand (PIL's `box`
+    # takes fractional source coordinates, so the edge pixel of an uneven reduction is weighted by what it covers).
+    image, factor = decoded.image, decoded.factor
+    w, h = decoded.full_size
     new_w, new_h = _shorter_side_size(w, h, size)
     if new_w * new_h <= MAX_RESIZED_PIXELS:
-        return _center_crop(_resize_shorter_side(image, size, interpolation), height, width)
+        resized = _resize(image, (new_w, new_h), interpolation, (0, 0, w / factor, h / factor))
+        return _center_crop(resized, height, width)
     # An extreme aspect ratio: resize only the window the centre crop keeps, from only the source pixels the
     # filter reaches. PIL's `box` maps that window onto the output with the scale and filter taps of the whole
     # resize, so the result differs from resize-then-crop by float rounding only: a level at most, or with
     # "nearest" the neighbouring source pixel where a sample falls exactly between two.
     keep_w, keep_h = min(width, new_w), min(height, new_h)
     left, top = round((new_w - keep_w) / 2.0), round((new_h - keep_h) / 2.0)
-    x_first, x_last, box_left, box_right = _source_span(left, keep_w, w / new_w, w)
-    y_first, y_last, box_top, box_bottom = _source_span(top, keep_h, h / new_h, h)
+    x_first, x_last, box_left, box_right = _source_span(left, keep_w, w / new_w / factor, w / factor, image.width)
+    y_first, y_last, box_top, box_bottom = _source_span(top, keep_h, h / new_h / factor, h / factor, image.height)
     source = image.crop((x_first, y_first, x_last, y_last))
     window = source.resize((keep_w, keep_h), interpolation, box=(box_left, box_top, box_right, box_bottom))
     return _center_crop(window, height, width)
 
 
-def _source_span(offset: int, length: int, scale: float, source_length: int) -> tuple[int, int, float, float]:
+def _source_span(offset: int, length: int, scale: float, extent: float, pixels: int) -> tuple[int, int, float, float]:
     """The source pixels that output pixels [offset, offset + length) of a resize by 1/scale read: first, last, and
-    the window's edges relative to first."""
-    start, end = offset * scale, min((offset + length) * scale, source_length)  # not past the edge by a rounding
+    the window's edges relative to first. `extent` is where the image ends in source coordinates (its width or
+    height, divided by the reduction factor), `pixels` how many source pixels there are."""
+    start, end = offset * scale, min((offset + length) * scale, extent)  # not past the edge by a rounding
     reach = 3 * max(scale, 1) + 2  # the widest filter (Lanczos: 3 pixels, widened when shrinking), and rounding
-    first, last = max(0, int(start - reach)), min(source_length, math.ceil(end + reach))
+    first, last = max(0, int(start - reach)), min(pixels, math.ceil(end + reach))
     return first, last, start - first, end - first
 
 
@@ -320,11 +354,11 @@ def _shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
     return (new_short, new_long) if w <= h else (new_long, new_short)
 
 
-def _resize_shorter_side(image: Image.Image, size: int, interpolation: Image.Resampling) -> Image.Image:
-    new_size = _shorter_side_size(*image.size, size)
-    if new_size == image.size:
+def _resize(image: Image.Image, size: tuple[int, int], interpolation: Image.Resampling,
+            box: tuple[float, float, float, float]) -> Image.Image:
+    if size == image.size and box == (0, 0, *image.size):
         return image
-    return image.resize(new_size, interpolation)
+    return image.resize(size, interpolation, box=box)
 
 
 def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:

@@ -1,9 +1,11 @@
 """Models and generators on the Hugging Face Hub, always at a pinned revision.
 
-A Hub reference follows huggingface_hub's HfFileSystem syntax, with the revision required:
+A Hub reference is huggingface_hub's hf:// URI (read by its `parse_hf_uri`) of a model repo, with the
+revision required:
 
     hf://alice/c10-lt-ce@0123456789abcdef0123456789abcdef01234567/cifar10_lt_ce_resnet32.onnx   # a file
     hf://alice/c10-lt-generator@0123456789abcdef0123456789abcdef01234567                        # a folder
+    hf://alice/c10-lt-ce@refs/pr/1/cifar10_lt_ce_resnet32.onnx                                   # a pull request
 
     path = hub_file("hf://alice/c10-lt-ce@<sha>/cifar10_lt_ce_resnet32.onnx")  # local cached copy
     folder = hub_folder("hf://alice/c10-lt-generator@<sha>")
@@ -22,10 +24,18 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import urlsplit
 
-from huggingface_hub import _CACHED_NO_EXIST, constants, hf_hub_download, snapshot_download, try_to_load_from_cache
+from huggingface_hub import (
+    _CACHED_NO_EXIST,
+    constants,
+    hf_hub_download,
+    parse_hf_uri,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
+    HfUriError,
     HFValidationError,
     LocalEntryNotFoundError,
     LocalTokenNotFoundError,
@@ -33,7 +43,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
 
 from inference.generator_folder import GENERATOR_DOWNLOAD_PATTERNS, INFO_FILE
 
@@ -41,8 +50,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "hf://"
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
-# owner/name, then @revision, then an optional path; '%2F' in a revision stands for '/' (refs%2Fpr%2F1).
-REF_PATTERN = re.compile(r"hf://(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]*))?(?:/(?P<path>.*))?")
 
 
 class HubError(ValueError):
@@ -71,27 +78,41 @@ class HubRef:
 
 
 def is_hub_ref(text) -> bool:
-    return isinstance(text, str) and text.startswith(PREFIX)
+    """An hf:// reference, or a Hub web address pasted in its place (which `parse_hub_ref` refuses, saying how
+    to write it), as opposed to a local path or a plain Hub id."""
+    return isinstance(text, str) and (text.strip().startswith(PREFIX) or _is_web_address(text.strip()))
 
 
 def parse_hub_ref(text: str) -> HubRef:
-    """`hf://owner/name@revision[/path]` → HubRef; HubError with an example when it is malformed or not pinned."""
-    match = REF_PATTERN.fullmatch(text.strip()) if is_hub_ref(text.strip()) else None
-    if match is None:
-        raise HubError(f"{text!r} is not a Hub reference: expected hf://owner/name@<commit sha>/path/in/repo")
-    repo_id, revision = match["repo_id"], match["revision"]
-    path = (match["path"] or "").strip("/")
-    if not revision:
-        raise HubError(f"{text} has no revision, and Hub models are only loaded at a pinned revision: add "
-                       f"@<commit sha> after the repo id, e.g. {PREFIX}{repo_id}@<40-hex commit sha>"
-                       + (f"/{path}" if path else "") + " (`python -m training push` prints it)")
+    """`hf://owner/name@revision[/path]` → HubRef; HubError with an example when it is malformed or not pinned.
+
+    huggingface_hub's own parser (`parse_hf_uri`) reads the reference, so the grammar is the library's:
+    `@refs/pr/1/model.onnx` is revision refs/pr/1, a '/' in a branch name is written %2F. We take model repos
+    only, and a web address only as the hf:// reference it converts to."""
+    text = text.strip()
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise HubError(f"{text}: {repo_id!r} is not a valid repo id ({error})") from error
+        uri = parse_hf_uri(text)
+    except HfUriError as error:
+        if isinstance(error.__cause__, HFValidationError):
+            raise HubError(f"{text}: not a valid repo id ({error.msg})") from error
+        reason = f" ({error.msg.strip()})" if is_hub_ref(text) else ""  # the library's reason, when it is about ours
+        raise HubError(f"{text!r} is not a Hub reference{reason}: expected hf://owner/name@<commit sha>/path/in/repo"
+                       ) from error
+    path = uri.path_in_repo.strip("/")
+    if uri.type != "model":
+        kind = "a bucket" if uri.is_bucket else f"a {uri.type} repo"
+        raise HubError(f"{text} names {kind}, and only model repos hold models and generators: use "
+                       "hf://owner/name@<commit sha>/path (no datasets/, spaces/ or buckets/)")
+    if not text.startswith(PREFIX):
+        revision = uri.revision if uri.revision and COMMIT_SHA.fullmatch(uri.revision) else "<commit sha>"
+        raise HubError(f"{text} is a web address; paste it as {HubRef(uri.id, revision, path)}")
+    if uri.revision is None:
+        raise HubError(f"{text} has no revision, and Hub models are only loaded at a pinned revision: add "
+                       f"@<commit sha> after the repo id, e.g. {PREFIX}{uri.id}@<40-hex commit sha>"
+                       + (f"/{path}" if path else "") + " (`python -m training push` prints it)")
     if ".." in path.split("/"):
         raise HubError(f"{text}: the path in the repo may not contain '..'")
-    return HubRef(repo_id, unquote(revision), path)
+    return HubRef(uri.id, uri.revision, path)
 
 
 def hub_file(ref: str | HubRef) -> Path:
@@ -148,6 +169,12 @@ def resolve_generator_source(source: str, revision: str | None) -> tuple[str, st
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _is_web_address(text: str) -> bool:
+    """A Hub page's address (https://huggingface.co/alice/c10/blob/<sha>/model.onnx, hf.co/...), as people paste."""
+    host = urlsplit(text if "://" in text else f"//{text}").hostname or ""
+    return text.lower().startswith(("http://", "https://", *constants.HF_URL_HOSTS)) and host in constants.HF_URL_HOSTS
 
 
 def _offline() -> bool:

@@ -24,6 +24,10 @@ class Limits:
     max_upload_bytes: int = 25 * 2**20  # per file
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked before decoding the pixels
     max_batch: int = 32  # images per classification request
+    # The pixels all the images of one classification request declare, checked before any is decoded: ten images at
+    # the per-image limit, or a full batch of 12-megapixel photos. Decoding costs time in proportion.
+    max_request_pixels: int = 10 * DEFAULT_MAX_PIXELS
+    max_parallel_decodes: int = 2  # images decoded at the same time, over all requests: each holds its pixels
     max_generate: int = 16  # images per generation request
     max_steps: int = 100  # denoising steps per generation request
     max_waiting_generations: int = 4  # requests queued behind the one running; more are refused
@@ -31,6 +35,12 @@ class Limits:
     @property
     def max_upload_text(self) -> str:
         return f"{self.max_upload_bytes / 2**20:g} MB"
+
+    def file_too_large(self, name: str, size_bytes: int) -> str | None:
+        """The sentence refusing a file of `size_bytes`, or None when it is within the limit (HTTP and the CLI)."""
+        if size_bytes <= self.max_upload_bytes:
+            return None
+        return f"{name} is {size_bytes / 2**20:.1f} MB; the limit is {self.max_upload_text} per file"
 
 
 class ParameterError(ValueError):
@@ -68,20 +78,45 @@ def check(name: str, value, limits: Limits = Limits()):
     parameter = PARAMETERS[name]
     low, high = parameter.low, parameter.upper(limits)
     accepted = f"{'an integer' if parameter.kind is int else 'a number'} from {_number(low)} to {_number(high)}"
-    problem = ParameterError(f"{name} must be {accepted} ({parameter.meaning}); got {value!r}")
+    problem = ParameterError(f"{name} must be {accepted} ({parameter.meaning}); got {shown_value(value)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise problem
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise problem
     if parameter.kind is int:
         if value != int(value):
             raise problem
         value = int(value)
     else:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
+            raise problem from None
     if not low <= value <= high:
         raise problem
     return value
+
+
+def check_text(name: str, text: str, limits: Limits = Limits()):
+    """`check` for a value typed as text (a command-line argument, an HTML form field): "3" is 3, "1.5" is 1.5,
+    so the CLI, a form and a JSON body get the same sentence for the same number."""
+    return check(name, number_from_text(text), limits)
+
+
+def number_from_text(text: str):
+    """The int or float that `text` spells ("3", " 1.5", "1e3", "nan"); anything else stays the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            pass
+    return text
+
+
+def shown_value(value) -> str:
+    # A hostile request may send megabytes where a number belongs; the answer quotes only the start of it.
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}... ({len(text):,} characters)"
 
 
 def _number(value) -> str:

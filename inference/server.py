@@ -7,10 +7,14 @@
 
 It is a thin layer over `inference.service.Studio`, the same object the Gradio app uses: the models on
 offer, image loading, the limits and the generator all live there. A `RequestError` becomes its HTTP status
-with `{"detail": "..."}`. Classification and generation are plain `def` endpoints, so they run in the
-threadpool: a generation that takes a minute holds one thread, not the event loop.
+with `{"detail": "..."}`, and so does every other failure: a request that does not fit the schema (422, one
+sentence naming the field), a body that does not arrive in time (408), anything unforeseen (500; the traceback
+goes to the server's log, never to the client). Request parameters are checked by the one table,
+`inference.limits`, exactly as in the app and the CLI. Classification and generation are plain `def`
+endpoints, so they run in the threadpool: a generation that takes a minute holds one thread, not the event loop.
 """
 
+import asyncio
 import base64
 import io
 import logging
@@ -19,6 +23,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
@@ -27,9 +32,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference.classifier import record
 from inference.images import ImageTooLargeError
+from inference.limits import PARAMETERS, number_from_text, shown_value
 from inference.service import Generation, Limits, RequestError, Studio, png_bytes
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds for a whole request body to arrive
 
 # Multipart wraps each file in a few hundred bytes of headers; these bounds are generous on purpose, so the
 # body limit only ever stops requests that the per-file and per-batch limits would refuse anyway.
@@ -76,15 +84,27 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+def parameter_field(name: str, default, description: str):
+    """A request field taken as sent, documented as its type and bounds in the one table."""
+    parameter = PARAMETERS[name]
+    schema = {"type": "integer" if parameter.kind is int else "number", "minimum": parameter.kind(parameter.low)}
+    if not isinstance(parameter.high, str):  # a bound the operator sets is in GET /v1/models
+        schema["maximum"] = parameter.kind(parameter.high)
+    return Field(default, description=description, json_schema_extra=schema)
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"class_name": "frog", "count": 4, "seed": 0}]})
 
-    class_name: str = Field(description="a class the generator makes (GET /v1/models lists them)")
-    count: int = Field(4, description="how many images, 1 to the server's max_generate")
-    seed: int = Field(0, description="an image depends only on (seed, class, index), so it can be made again")
-    steps: int | None = Field(None, description="denoising steps (1 to max_steps); the generator's default if absent")
-    guidance: float | None = Field(None, description="classifier-free guidance scale; the generator's default if absent")
-    first_index: int = Field(0, description="index of the first image in the class: first_index 4 continues a count-4 run")
+    # The numbers are taken as sent (Any) and checked by the one table (inference.limits) in the Studio, so a bad
+    # value gets the sentence the app and the CLI give; the schema still says what they are.
+    class_name: str = Field(max_length=200, description="a class the generator makes (GET /v1/models lists them)")
+    count: Any = parameter_field("count", 4, "how many images, 1 to the server's max_generate")
+    seed: Any = parameter_field("seed", 0, "an image depends only on (seed, class, index), so it can be made again")
+    steps: Any = parameter_field("steps", None, "denoising steps (1 to max_steps); the generator's default if absent")
+    guidance: Any = parameter_field("guidance", None, "classifier-free guidance scale; the generator's default if absent")
+    first_index: Any = parameter_field("first_index", 0, "index of the first image in the class: first_index 4 "
+                                                         "continues a count-4 run")
     model: str | None = Field(None, description="the classifier that recognises the images; the default model if absent")
     format: Literal["json", "zip"] = Field("json", description="json: base64 PNGs inline; zip: the PNGs plus "
                                                                 "generation.json as application/zip")
@@ -129,6 +149,9 @@ class ModelInfo(BaseModel):
     method: str
     dataset: str
     imbalance_factor: float | None
+    quantization: dict[str, Any] | None = Field(
+        default=None, description="for an int8 model: its format, calibration and fp32 vs int8 test accuracy; "
+                                  "null for a float32 model")
 
 
 class ModelUnavailable(BaseModel):
@@ -152,7 +175,8 @@ class Health(BaseModel):
 # --- The app --------------------------------------------------------------------------------------
 
 
-def create_app(studio: Studio) -> FastAPI:
+def create_app(studio: Studio, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> FastAPI:
+    """The API over `studio`; a request body must arrive whole within `body_timeout` seconds."""
     limits = studio.limits
     app = FastAPI(
         title="LongTail Studio API",
@@ -165,14 +189,13 @@ def create_app(studio: Studio) -> FastAPI:
             "classifier.\n\n"
             f"Limits of this server: {limits.max_batch} images of at most {limits.max_upload_text} and "
             f"{limits.max_pixels / 1e6:g} megapixels each per classification; {limits.max_generate} images and "
-            f"{limits.max_steps} steps per generation. Errors are `{{\"detail\": \"...\"}}` with 404 (unknown "
-            "model), 413 (too large), 422 (invalid request), 429 (generator busy) or 503 (no generator)."),
+            f"{limits.max_steps} steps per generation; a request body must arrive within {body_timeout:g} s. "
+            "Every error is `{\"detail\": \"<one sentence>\"}` with 404 (unknown model), 408 (body too slow), "
+            "413 (too large), 422 (invalid request), 429 (generator busy), 503 (no generator) or 500 (a fault of "
+            "the server, logged there)."),
     )
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(limits))
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=error.status)
+    add_middlewares(app, limits, body_timeout)
+    add_error_handlers(app)
 
     errors = {status: {"model": ErrorResponse} for status in (404, 413)}
 
@@ -183,18 +206,20 @@ def create_app(studio: Studio) -> FastAPI:
         files: Annotated[list[UploadFile], File(description=f"the images; repeat the field for several (at most "
                                                             f"{limits.max_batch}, each at most {limits.max_upload_text})")],
         model: Annotated[str | None, Form(description="a model file name from GET /v1/models; default model if absent")] = None,
-        top_k: Annotated[int, Form(ge=1, le=20, description="how many classes to list per image")] = 5,
+        top_k: Annotated[str, Form(description="how many classes to list per image", json_schema_extra={
+            "type": "integer", "minimum": PARAMETERS["top_k"].low, "maximum": PARAMETERS["top_k"].high, "default": 5})] = "5",
     ):
         """One record per file, in upload order, shaped like `python -m inference predict` output. A file that
         is not a readable image gets `{"image", "error"}` and the others are still classified; when none is
         readable the answer is 422 with the same records. Files or images over the limits refuse the whole
         request with 413."""
+        top_k = studio.checked("top_k", number_from_text(top_k))  # a form field is text: "3" is 3, as in the CLI
         name = studio.catalog.get(model).path.name  # an unknown model is a 404 before any file is read
         names = [upload_name(upload.filename, i) for i, upload in enumerate(files)]
         for upload, upload_label in zip(files, names):
-            if upload.size is not None and upload.size > limits.max_upload_bytes:
-                raise RequestError(f"{upload_label} is {upload.size / 2**20:.1f} MB; the limit is "
-                                   f"{limits.max_upload_text} per file", status=413)
+            too_large = limits.file_too_large(upload_label, upload.size or 0)
+            if too_large:
+                raise RequestError(too_large, status=413)
         results = studio.classify(name, [named_bytes(upload, n) for upload, n in zip(files, names)], top_k=top_k)
         too_large = next((r for r in results if isinstance(r, ImageTooLargeError)), None)
         if too_large is not None:
@@ -218,7 +243,8 @@ def create_app(studio: Studio) -> FastAPI:
         generation = studio.generate(request.model, request.class_name, count=request.count, seed=request.seed,
                                      steps=request.steps, guidance=request.guidance, first_index=request.first_index)
         if request.format == "zip":
-            file_name = re.sub(r"[^\w.-]", "_", f"{request.class_name}_seed{request.seed}.zip", flags=re.ASCII)
+            seed = generation.settings["seed"]  # as checked: the request's may be 3.0
+            file_name = re.sub(r"[^\w.-]", "_", f"{request.class_name}_seed{seed}.zip", flags=re.ASCII)
             return Response(generation.zip_bytes(), media_type="application/zip",
                             headers={"Content-Disposition": f'attachment; filename="{file_name}"'})
         return generation_record(generation)
@@ -237,6 +263,60 @@ def create_app(studio: Studio) -> FastAPI:
         return {"status": "ok", "models": len(studio.catalog.names()), "generator": studio.generator.describe()}
 
     return app
+
+
+def add_middlewares(app: FastAPI, limits: Limits, body_timeout: float) -> None:
+    # The last one added runs first: unexpected errors are caught around everything else.
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(limits))
+    app.add_middleware(BodyTimeout, seconds=body_timeout)
+    app.add_middleware(UnexpectedErrors)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error the API gives is `{"detail": "<one sentence>"}`."""
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_sentence(error.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": http_error_sentence(request, error)}, status_code=error.status_code,
+                            headers=error.headers)
+
+
+def validation_sentence(problems: list[dict]) -> str:
+    """FastAPI's list of validation problems as one sentence that names the field (and how many more there are)."""
+    first = problems[0]
+    field = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path", "header", "cookie"))
+    if first["type"] == "json_invalid":
+        sentence = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})"
+    elif first["type"] == "missing":
+        sentence = f"{field} is required"
+    elif not field:  # the body as a whole: not an object, or not sent as JSON
+        sentence = ("the request body must be a JSON object (Content-Type: application/json); got "
+                    f"{shown_value(first.get('input'))}")
+    else:
+        message = first["msg"][:1].lower() + first["msg"][1:]
+        sentence = f"{field}: {message}; got {shown_value(first.get('input'))}"
+    more = len(problems) - 1
+    return sentence + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def http_error_sentence(request: Request, error: HTTPException) -> str:
+    """Starlette's own errors (no such path, wrong method) as sentences; ours (408, 413) are sentences already."""
+    if error.status_code == 404 and error.detail == "Not Found":
+        return f"there is no {request.url.path} here: the API is /v1/classify, /v1/generate, /v1/models and /healthz"
+    if error.status_code == 405 and error.detail == "Method Not Allowed":
+        return f"{request.url.path} does not take {request.method} requests (see /docs)"
+    if error.status_code == 400 and error.detail == "There was an error parsing the body":
+        return ("the request body could not be parsed: send JSON (Content-Type: application/json) or a multipart "
+                "form, as /docs shows")
+    return str(error.detail)
 
 
 def upload_name(filename: str | None, index: int) -> str:
@@ -269,7 +349,7 @@ def describe_model(studio: Studio, name: str) -> dict:
     return {"name": name, "class_names": card.class_names, "train_counts": card.class_counts if known else None,
             "groups": card.class_groups if known else None, "group_rule": card.group_rule,
             "preprocessing": asdict(card.preprocessing), "method": card.method, "dataset": card.dataset,
-            "imbalance_factor": card.imbalance_factor}
+            "imbalance_factor": card.imbalance_factor, "quantization": card.quantization or None}
 
 
 class BodyTooLarge(HTTPException):
@@ -305,10 +385,74 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
-def serve(studio: Studio, host: str = "127.0.0.1", port: int = 8000) -> None:
+class BodyTimedOut(HTTPException):
+    """Raised from `receive`, like BodyTooLarge, so it becomes the 408 answer."""
+
+
+class BodyTimeout:
+    """Answer 408 when a request body has not arrived whole within `seconds` of the request's start: without it a
+    client that sends half a body and stalls holds its connection and a worker forever. Only waiting for the client
+    counts: body bytes that have already arrived are handed over even when the server is late to ask for them."""
+
+    def __init__(self, app: ASGIApp, seconds: float):
+        self.app = app
+        self.seconds = seconds
+        self.detail = f"the request body did not arrive within {seconds:g} s; send it whole, without pauses"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        body_complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_complete
+            if body_complete:  # what follows is the wait for a disconnect, which is not bounded
+                return await receive()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimedOut(408, self.detail, headers={"Connection": "close"}) from None
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+class UnexpectedErrors:
+    """Anything the handlers did not foresee: the traceback goes to the server's log, the client gets a 500 with one
+    sentence, never the traceback (nor the exception's text, which may name server paths)."""
+
+    detail = "the server failed on this request (an internal error, logged on the server); please report it"
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        response_started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if not response_started:  # else the half-sent answer can only be cut off, which returning does
+                await JSONResponse({"detail": self.detail}, status_code=500)(scope, receive, send)
+
+
+def serve(studio: Studio, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+          ) -> None:
     """Run the service with uvicorn until interrupted; uvicorn logs only warnings, we log where the docs are."""
     import uvicorn
 
     log.setLevel(logging.INFO)
     log.info("LongTail Studio API on http://%s:%d (docs: http://%s:%d/docs)", host, port, host, port)
-    uvicorn.run(create_app(studio), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(studio, body_timeout), host=host, port=port, log_level="warning")

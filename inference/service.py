@@ -12,21 +12,25 @@ status with a JSON body. Nothing here knows about Gradio or FastAPI.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import logging
+import re
 import threading
 import zipfile
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from inference.classifier import MODEL_ERRORS, OnnxClassifier, Prediction, list_models, resolve_model
 from inference.generator_folder import GeneratorError, GeneratorInfo, is_generator_folder, read_generator_info
-from inference.images import ImageLoadError, ImageSource, load_image
-from inference.limits import Limits
+from inference.images import Header, ImageLoadError, ImageSource, read_header
+from inference.limits import Limits, ParameterError, check
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,28 @@ class RequestError(ValueError):
 
 
 # --- Models -----------------------------------------------------------------------------------
+
+
+# A model name is a plain file name, checked before the file system sees it: a request's name becomes a path
+# only once it is short enough for any file system (a longer one made is_file() raise "File name too long")
+# and holds no separator, no "..", no control or shell characters.
+MAX_MODEL_NAME_BYTES = 255
+MODEL_NAME_PUNCTUATION = ". _ - ( ) + , = @ ~"
+MODEL_NAME = re.compile(r"\w[\w .()+,=@~-]*\.onnx")
+
+
+def is_model_name(name) -> bool:
+    return (isinstance(name, str) and len(name.encode("utf-8", "surrogatepass")) <= MAX_MODEL_NAME_BYTES
+            and MODEL_NAME.fullmatch(name) is not None)
+
+
+def shown_name(name) -> str:
+    """A requested name as messages quote it: the start of a long one, never megabytes of it."""
+    if not isinstance(name, str):
+        return f"{type(name).__name__} {name!r}"[:80]
+    if len(name) <= 60:
+        return repr(name)
+    return f"{name[:57]!r}... ({len(name.encode('utf-8', 'surrogatepass')):,} bytes)"
 
 
 class ModelCatalog:
@@ -63,6 +89,11 @@ class ModelCatalog:
                 log.error("%s", error)
                 self.problems.append(str(error))
                 continue
+            if not is_model_name(path.name):
+                self.problems.append(f"{ref}: {shown_name(path.name)} is not a model name a request can ask for "
+                                     f"(an .onnx file name: letters, digits, spaces and {MODEL_NAME_PUNCTUATION}); "
+                                     "this one is left out")
+                continue
             if path.name in self.hub_models or path.name in self._local_names():
                 self.problems.append(f"{ref}: a model called {path.name} is already on offer; this one is left out")
                 continue
@@ -71,7 +102,8 @@ class ModelCatalog:
         self._lock = threading.Lock()
 
     def _local_names(self) -> list[str]:
-        return [path.name for path in list_models(self.models_dir)]
+        # Only names a request could ask for: what is listed is what can be opened.
+        return [path.name for path in list_models(self.models_dir) if is_model_name(path.name)]
 
     def names(self) -> list[str]:
         return self._local_names() + sorted(self.hub_models)
@@ -81,6 +113,10 @@ class ModelCatalog:
         return DEFAULT_MODEL if DEFAULT_MODEL in names else next(iter(names), None)
 
     def path(self, name: str) -> Path:
+        if not is_model_name(name):  # before any path is built from it
+            raise RequestError(f"{shown_name(name)} is not a model name (an .onnx file name of at most "
+                               f"{MAX_MODEL_NAME_BYTES} bytes: letters, digits, spaces and {MODEL_NAME_PUNCTUATION}); "
+                               f"the models on offer are {self.names()}", status=404)
         if name in self.hub_models:
             return self.hub_models[name]
         try:
@@ -383,13 +419,66 @@ class ClassChoice:
     group: str | None
 
 
+PREVIEW_SIZE = 384  # pixels: the longer side of the copy of an upload a front end gets to show (the app's gallery)
+
+
 @dataclass
 class Classified:
-    """One input of a classification: the image as it was loaded (None when it could not be read) and its
-    prediction, or the `ImageLoadError` saying why there is none."""
+    """One input of a classification: a preview of the image (at most PREVIEW_SIZE a side; None when it could not
+    be read or no preview was asked for) and its prediction, or the `ImageLoadError` saying why there is none."""
 
     image: Image.Image | None
     result: Prediction | ImageLoadError
+
+
+@dataclass
+class ModelInput:
+    """What is kept of one upload once it is decoded: its input tensor, or why there is none."""
+
+    tensor: np.ndarray | None = None  # (3, height, width), as the model takes it
+    warning: str | None = None
+    preview: Image.Image | None = None
+    error: ImageLoadError | None = None
+
+
+class DecodeSlots:
+    """At most `count` images decoded at once over all requests; a decode that holds several copies of its pixels
+    (`Header.decodes_heavily`) takes every slot, so it runs alone."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.free = count
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def taken(self, header: Header):
+        slots = self.count if header.decodes_heavily else 1
+        with self._changed:
+            self._changed.wait_for(lambda: self.free >= slots)
+            self.free -= slots
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.free += slots
+                self._changed.notify_all()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory that decoding freed back to the system. glibc keeps freed blocks in its arenas for reuse,
+    so without this a server that once decoded a large batch stays that large; elsewhere there is nothing to do."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim():
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 class Studio:
@@ -398,36 +487,76 @@ class Studio:
         self.catalog = catalog
         self.generator = generator or GeneratorService(None)
         self.limits = limits or Limits()
+        # Each decode holds one image's pixels; bounding how many run at once bounds the memory of any load.
+        self.decode_slots = DecodeSlots(self.limits.max_parallel_decodes)
+
+    def checked(self, name: str, value):
+        """A request parameter as the one table (inference/limits.py) takes it; its sentence as a 422 if not."""
+        try:
+            return check(name, value, self.limits)
+        except ParameterError as error:
+            raise RequestError(str(error), status=422) from error
 
     # Classification
 
-    def load_images(self, sources: Sequence[ImageSource]) -> list[Image.Image | ImageLoadError]:
+    def check_request(self, sources: Sequence[ImageSource]) -> list[Header]:
+        """Each file's header, once the request is known to be within the limits: a request with no images, too
+        many, or more pixels in all than `max_request_pixels` is refused before any is decoded (an image above the
+        per-image limit is refused by itself and costs nothing)."""
         if not sources:
             raise RequestError("no images were sent", status=400)
         if len(sources) > self.limits.max_batch:
             raise RequestError(f"{len(sources)} images in one request; the limit is {self.limits.max_batch}",
                                status=413)
-        loaded = []
-        for source in sources:
-            try:
-                loaded.append(load_image(source, max_pixels=self.limits.max_pixels))
-            except ImageLoadError as error:
-                loaded.append(error)
-        return loaded
+        headers = [read_header(source) for source in sources]
+        pixels = sum(header.pixels for header in headers if header.pixels <= self.limits.max_pixels)
+        if pixels > self.limits.max_request_pixels:
+            raise RequestError(f"the {len(sources)} images of this request hold {pixels / 1e6:,.1f} megapixels in all; "
+                               f"the limit is {self.limits.max_request_pixels / 1e6:g} megapixels per request, so "
+                               "send fewer or smaller images", status=413)
+        return headers
 
     def classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5,
                  ) -> list[Prediction | ImageLoadError]:
         """One prediction per image, in order; an unreadable image gets its `ImageLoadError` in its place."""
-        return [item.result for item in self.classify_with_images(model_name, sources, top_k)]
+        return [item.result for item in self._classify(model_name, sources, top_k, previews=False)]
 
     def classify_with_images(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5,
                              ) -> list[Classified]:
-        """As `classify`, with each image as it was loaded, for a front end that shows them (the app's gallery)."""
+        """As `classify`, with a preview of each image (at most PREVIEW_SIZE pixels a side), for a front end that
+        shows them (the app's gallery)."""
+        return self._classify(model_name, sources, top_k, previews=True)
+
+    def _classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int, previews: bool,
+                  ) -> list[Classified]:
+        top_k = self.checked("top_k", top_k)
         classifier = self.catalog.get(model_name)
-        loaded = self.load_images(sources)
-        results = classifier.predict_loaded(loaded, top_k=top_k)
-        return [Classified(image if isinstance(image, Image.Image) else None, result)
-                for image, result in zip(loaded, results)]
+        headers = self.check_request(sources)
+        inputs = [self._model_input(classifier, source, header, previews) for source, header in zip(sources, headers)]
+        readable = [item for item in inputs if item.error is None]
+        predictions = iter(classifier.predict_tensors([item.tensor for item in readable], top_k,
+                                                      [item.warning for item in readable]))
+        return [Classified(item.preview, item.error or next(predictions)) for item in inputs]
+
+    def _model_input(self, classifier: OnnxClassifier, source: ImageSource, header: Header, preview: bool,
+                     ) -> ModelInput:
+        """One upload decoded (no larger than the model needs), turned into its input tensor and dropped, with at
+        most `max_parallel_decodes` of them at a time over all requests; its memory goes back at once."""
+        try:
+            with self.decode_slots.taken(header):
+                return self._decoded_input(classifier, source, preview)
+        finally:
+            release_freed_memory()
+
+    def _decoded_input(self, classifier: OnnxClassifier, source: ImageSource, preview: bool) -> ModelInput:
+        try:
+            decoded = classifier.decode(source, max_pixels=self.limits.max_pixels)
+        except ImageLoadError as error:
+            return ModelInput(error=error)
+        tensor = classifier.input_tensor(decoded)
+        if preview:
+            decoded.image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE), Image.Resampling.LANCZOS)
+        return ModelInput(tensor, decoded.warning, decoded.image if preview else None)
 
     # Generation
 
@@ -468,14 +597,12 @@ class Studio:
         """`count` new images of `class_name`, each classified by the model (its confidence in its top class
         and in the class asked for)."""
         limits = self.limits
-        if not 1 <= count <= limits.max_generate:
-            raise RequestError(f"count must be between 1 and {limits.max_generate}, not {count}", status=422)
-        if steps is not None and not 1 <= steps <= limits.max_steps:
-            raise RequestError(f"steps must be between 1 and {limits.max_steps}, not {steps}", status=422)
-        if guidance is not None and not 0 <= guidance <= 30:
-            raise RequestError(f"guidance must be between 0 and 30, not {guidance}", status=422)
-        if not 0 <= seed < 2**62 or not 0 <= first_index < 2**31:
-            raise RequestError("seed and first_index must be non-negative integers", status=422)
+        count = self.checked("count", count)
+        seed = self.checked("seed", seed)
+        first_index = self.checked("first_index", first_index)
+        # None: the generator's own default.
+        steps = None if steps is None else self.checked("steps", steps)
+        guidance = None if guidance is None else self.checked("guidance", guidance)
         classifier = self.catalog.get(model_name)
         generator = self.generator.generator(classifier)
         if class_name not in generator.class_names:

@@ -3,7 +3,9 @@ Gradio (see wiring.py) and directly by the tests.
 
 Each handler turns what the components hold into one Studio call and its result into what the components
 show (render.py). Images are loaded and classified by the Studio, as for the HTTP service; a
-`RequestError` becomes a `gr.Error`, which Gradio shows as a message and its API returns as an error.
+`RequestError` becomes a `gr.Error`, which Gradio shows as a message and its API returns as an error. The
+numbers Gradio hands over (sliders, the seed; anything at all from an API caller) are checked by the one table,
+`inference.limits.check`, first, so a bad one gets the sentence the HTTP API and the CLI give.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gradio as gr
 
 from inference.classifier import OnnxClassifier, record
 from inference.images import ImageLoadError
+from inference.limits import ParameterError, check
 from inference.service import Generation, Progress, RequestError, Studio
 from studio_app import render
 from studio_app.files import OutputFiles
@@ -37,7 +40,7 @@ def shown_as_messages() -> Iterator[None]:
     """A request the service refuses becomes a message in the UI (and an error for an API caller)."""
     try:
         yield
-    except RequestError as error:
+    except (RequestError, ParameterError) as error:
         raise gr.Error(str(error)) from error
 
 
@@ -57,7 +60,8 @@ class Handlers:
         if not files:
             return [], None, "", "", "Upload one or more images to classify them.", [], {"items": []}
         with shown_as_messages():
-            classified = self.studio.classify_with_images(model_name, files, top_k=int(top_k))
+            top_k = check("top_k", top_k, self.studio.limits)
+            classified = self.studio.classify_with_images(model_name, files, top_k=top_k)
 
         records, items, gallery, problems = [], [], [], []
         for file, item in zip(files, classified):
@@ -125,14 +129,20 @@ class Handlers:
             progress((done, total), desc="Denoising", unit="steps")
 
         with shown_as_messages():
-            generation = self.run_generation(self.studio, model_name, class_name, int(count), int(steps), int(seed),
-                                             float(guidance), report)
+            settings = self.generation_settings(count, steps, seed, guidance)
+            generation = self.run_generation(self.studio, model_name, class_name, *settings, report)
         names = generation.file_names()
         gallery = [(self.files.image(image, names[i]), render.generated_caption(generation, i))
                    for i, image in enumerate(generation.images)]
         settings = generation.settings
         download = self.files.write(f"{settings['class_name']}_seed{settings['seed']}.zip", generation.zip_bytes())
         return gallery, download, render.generation_summary(generation), generation.to_dict()
+
+    def generation_settings(self, count, steps, seed, guidance) -> tuple[int, int | None, int, float | None]:
+        """(count, steps, seed, guidance) as the one table takes them; steps or guidance None: the generator's default."""
+        limits = self.studio.limits
+        return (check("count", count, limits), None if steps is None else check("steps", steps, limits),
+                check("seed", seed, limits), None if guidance is None else check("guidance", guidance, limits))
 
     # ------------------------------------------------------------------------------------------------
 

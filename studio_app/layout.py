@@ -11,11 +11,30 @@ from pathlib import Path
 
 import gradio as gr
 
+from inference.limits import PARAMETERS
 from inference.service import Limits
 from studio_app import render
 
-MAX_TOP_K = 20
-MAX_GUIDANCE = 15.0
+MAX_TOP_K = PARAMETERS["top_k"].high
+
+
+def bounds(name: str, limits: Limits) -> tuple[float, float]:
+    """A parameter's (lowest, highest) value in the one table (inference/limits.py), as the slider offers it."""
+    parameter = PARAMETERS[name]
+    return parameter.low, parameter.upper(limits)
+
+
+def checked_by_the_handler(component: gr.Slider | gr.Number) -> gr.Slider | gr.Number:
+    """The component hands its value to the handler as sent, which checks it against the one table as HTTP and the
+    CLI do. Gradio's own check would answer an API caller's 17 with its own sentence and None with a TypeError, and
+    precision=0 would round 1.5 to 2 silently. (Per instance: a subclass of a Gradio component makes Gradio write
+    a .pyi stub next to this file on import.)"""
+    component.preprocess = _as_sent
+    return component
+
+
+def _as_sent(payload):
+    return payload
 
 
 @dataclass(frozen=True)
@@ -93,8 +112,11 @@ def lay_out(view: StartingView) -> Components:
 def classify_tab(view: StartingView) -> ClassifyTab:
     with gr.Row():
         with gr.Column(scale=1):
-            files = gr.File(file_count="multiple", file_types=["image"], label="Images")
-            top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top-k classes")
+            # Any file: the service recognises images by their bytes, not their names, and answers file by file, so a
+            # file without an extension, cat.png.exe or a TGA gets its own answer and the other files still get theirs.
+            files = gr.File(file_count="multiple", label="Images")
+            top_k = checked_by_the_handler(gr.Slider(*bounds("top_k", view.limits), value=5, step=1,
+                                                     label="Top-k classes"))
             button = gr.Button("Classify", variant="primary")
             messages = gr.Markdown(label="Messages")
             if view.examples:
@@ -118,11 +140,16 @@ def generate_tab(view: StartingView) -> GenerateTab:
             # service checks the name against the generator with a clear message.
             class_name = gr.Dropdown(view.class_options, value=view.first_class, label="Class (tail classes first)",
                                      interactive=True, allow_custom_value=True)
-            count = gr.Slider(1, view.limits.max_generate, value=4, step=1, label="Number of images")
-            steps = gr.Slider(1, view.limits.max_steps, value=view.default_steps, step=1, label="Denoising steps")
-            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-            guidance = gr.Slider(0, MAX_GUIDANCE, value=view.default_guidance, step=0.5,
-                                 label="Guidance (1 = none; higher follows the class more closely)")
+            count = checked_by_the_handler(gr.Slider(*bounds("count", view.limits), value=4, step=1,
+                                                     label="Number of images"))
+            steps = checked_by_the_handler(gr.Slider(*bounds("steps", view.limits), value=view.default_steps, step=1,
+                                                     label="Denoising steps"))
+            seed_low, seed_high = bounds("seed", view.limits)
+            seed = checked_by_the_handler(gr.Number(value=0, precision=0, minimum=seed_low, maximum=seed_high,
+                                                    label="Seed"))
+            guidance = checked_by_the_handler(gr.Slider(*bounds("guidance", view.limits), value=view.default_guidance,
+                                                        step=0.5, label="Guidance (1 = none; higher follows the class "
+                                                                        "more closely)"))
             button = gr.Button("Generate", variant="primary")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Generated images, as the model recognises them", columns=4,

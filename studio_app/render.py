@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from inference.card import GROUPS, ModelCard, evaluation_columns, group_accuracy, group_name, group_rule_text
+from inference.card import GROUPS, ModelCard, evaluation_columns, group_accuracy, group_name, group_rule_text, quantization_text
 from inference.classifier import ClassScore, OnnxClassifier, Prediction, describe
 from inference.service import ClassChoice, Generation
 
@@ -155,6 +155,7 @@ def card_markdown(card: ModelCard, classifier: OnnxClassifier) -> str:
         ("Classes", str(card.num_classes)),
         ("Input", f"{pre.interpolation} resize to {pre.resize_to}, centre crop {pre.input_size[1]}×{pre.input_size[2]}"),
         ("Runs on", classifier.provider),
+        ("Precision", quantization_text(card) or "float32"),
     ]
     fields = "\n".join(f"- **{key}:** {value or '–'}" for key, value in rows)
     return f"### {classifier.path.name}\n\n{fields}\n\n{group_rule_text(card)}"
@@ -174,15 +175,20 @@ def hub_problem_message(problem: str) -> str:
 # --- Classification ---------------------------------------------------------------------------------
 
 
+WARNING_MARK = "⚠ see the warning"  # on the caption of a prediction that may mean little; the text is below
+
+
 def caption(prediction: Prediction) -> str:
     best = prediction.top[0]
-    return f"{describe(best)} · {best.probability:.2f}"
+    text = f"{describe(best)} · {best.probability:.2f}"
+    return text if prediction.warning is None else f"{text} · {WARNING_MARK}"
 
 
 def prediction_markdown(image_name: str, prediction: Prediction) -> str:
     best = prediction.top[0]
     name, _, details = describe(best).partition(" · ")
-    return f"**{name}** · {details}  \nprobability {best.probability:.2f} for `{image_name}`"
+    text = f"**{name}** · {details}  \nprobability {best.probability:.2f} for `{image_name}`"
+    return text if prediction.warning is None else f"{text}\n\n⚠ {prediction.warning}"
 
 
 def unreadable_files_markdown(problems: list[str], total: int) -> str:

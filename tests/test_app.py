@@ -258,7 +258,7 @@ def test_generate_errors_are_messages(handlers, models_dir, monkeypatch):
         handlers.generate("tiny.onnx", "", 1, 2, 0, 1.0, ignore_progress)
     with pytest.raises(gr.Error, match="has no class 'zebra'"):
         handlers.generate("tiny.onnx", "zebra", 1, 2, 0, 1.0, ignore_progress)
-    with pytest.raises(gr.Error, match="count must be between 1 and 16"):
+    with pytest.raises(gr.Error, match="count must be an integer from 1 to 16"):
         handlers.generate("tiny.onnx", "bird", 17, 2, 0, 1.0, ignore_progress)
 
     # A text-to-image model that is not in the local cache, with HF_HUB_OFFLINE set (conftest).

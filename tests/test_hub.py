@@ -97,6 +97,43 @@ def test_malformed_or_unpinned_refs_are_refused(text, message):
         parse_hub_ref(text)
 
 
+def test_refs_follow_huggingface_hubs_grammar():
+    """huggingface_hub's parse_hf_uri reads them: a pull-request revision keeps its slashes, so the path after it
+    is the file's, and the explicit models/ prefix is the same repo."""
+    assert parse_hub_ref("hf://alice/c10@refs/pr/1/model.onnx") == HubRef("alice/c10", "refs/pr/1", "model.onnx")
+    assert parse_hub_ref("hf://alice/c10@refs/pr/12") == HubRef("alice/c10", "refs/pr/12", "")
+    assert parse_hub_ref(f"hf://models/alice/c10@{SHA}/m.onnx") == HubRef("alice/c10", SHA, "m.onnx")
+    assert parse_hub_ref("hf://alice/c10@feature%2Fx/m.onnx").revision == "feature/x"
+    ref = parse_hub_ref("hf://alice/c10@refs/pr/1/model.onnx")
+    assert parse_hub_ref(str(ref)) == ref  # what we print reads back
+
+
+@pytest.mark.parametrize("text", [f"hf://spaces/alice/demo@{SHA}/model.onnx", f"hf://datasets/alice/cifar@{SHA}/m.onnx",
+                                  "hf://buckets/alice/b/model.onnx"])
+def test_refs_to_other_kinds_of_repo_say_only_model_repos_hold_models(text):
+    with pytest.raises(HubError, match="only model repos hold models"):
+        parse_hub_ref(text)
+
+
+@pytest.mark.parametrize("url, converted", [
+    (f"https://huggingface.co/alice/c10/blob/{SHA}/model.onnx", f"hf://alice/c10@{SHA}/model.onnx"),
+    (f"https://huggingface.co/alice/c10/resolve/{SHA}/sub/model.onnx?download=true", f"hf://alice/c10@{SHA}/sub/model.onnx"),
+    ("https://huggingface.co/alice/c10/blob/main/model.onnx", "hf://alice/c10@<commit sha>/model.onnx"),
+    ("https://hf.co/alice/c10", "hf://alice/c10@<commit sha>"),
+])
+def test_a_pasted_web_address_says_how_to_write_it(url, converted):
+    assert is_hub_ref(url)
+    with pytest.raises(HubError) as refused:
+        parse_hub_ref(url)
+    assert str(refused.value) == f"{url} is a web address; paste it as {converted}"
+    assert not is_hub_ref("https://example.com/alice/c10/blob/main/model.onnx")
+
+
+def test_a_web_address_as_generator_is_refused_with_the_reference_to_use(hub_cache):
+    with pytest.raises(HubError, match=f"paste it as hf://alice/gen@{SHA}/gen"):
+        resolve_generator_source(f"https://huggingface.co/alice/gen/tree/{SHA}/gen", None)
+
+
 # ----------------------------------------------------------------------------------------------- hub_file
 
 

@@ -35,9 +35,9 @@ REFUSED = [
     ("flat_input.onnx", 422, "expected (batch, 3, height, width)"),
     ("not_onnx.onnx", 422, "could not be loaded by ONNX Runtime"),
     ("escape.onnx", 404, "points outside the models folder"),
-    ("../outside/secret.onnx", 404, "is not a model file name"),
-    ("/etc/passwd", 404, "is not a model file name"),
-    ("notes.txt", 404, "is not an .onnx file"),
+    ("../outside/secret.onnx", 404, "is not a model name"),
+    ("/etc/passwd", 404, "is not a model name"),
+    ("notes.txt", 404, "is not a model name (an .onnx file name"),
     ("missing.onnx", 404, "not found"),
 ]
 

@@ -125,13 +125,22 @@ def test_a_body_over_the_limit_is_refused_before_it_is_parsed(client):
     assert response.status_code == 413 and "request body" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("model", ["missing.onnx", "../x.onnx", "..", "/etc/passwd"])
+@pytest.mark.parametrize("model", ["missing.onnx", "../x.onnx", "..", "/etc/passwd", "a" * 300 + ".onnx", "x.onnx\n",
+                                   "a\\b.onnx", "$(reboot).onnx"],
+                         ids=["missing", "parent", "dotdot", "absolute", "300-bytes", "newline", "backslash", "shell"])
 def test_an_unknown_model_is_404_and_never_leaves_the_models_folder(client, model):
     response = client.post("/v1/classify", files=[upload("red.png", png())], data={"model": model})
     assert response.status_code == 404
     assert "tiny.onnx" in response.json()["detail"]  # names what is on offer
     response = client.post("/v1/generate", json={"class_name": "cat", "count": 1, "model": model})
     assert response.status_code == 404
+    assert len(response.json()["detail"]) < 400  # quotes the start of a long name only
+
+
+def test_a_model_name_too_long_for_the_file_system_is_refused_before_it_is_looked_up(client, models_dir):
+    """300 bytes: is_file() raised "File name too long" (a 500) before the name was checked."""
+    detail = client.post("/v1/generate", json={"class_name": "cat", "count": 1, "model": "é" * 130 + ".onnx"}).json()["detail"]
+    assert "is not a model name (an .onnx file name of at most 255 bytes" in detail and "(265 bytes)" in detail
 
 
 # --- Generation -------------------------------------------------------------------------------------
@@ -223,6 +232,91 @@ def test_classify_and_health_answer_while_a_generation_runs(client, base_url, st
     assert finished == [("classify", 200), ("generate", 200)]
 
 
+# --- Every error is one sentence ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, path, request_kwargs, status, detail", [
+    ("post", "/v1/generate", {"json": {"count": 1}}, 422, "class_name is required"),
+    ("post", "/v1/generate", {"json": {"class_name": 7}}, 422, "class_name: input should be a valid string; got 7"),
+    ("post", "/v1/generate", {"json": {"class_name": "cat", "format": "png"}}, 422,
+     "format: input should be 'json' or 'zip'; got 'png'"),
+    ("post", "/v1/generate", {"content": b'{"class_name": ', "headers": {"Content-Type": "application/json"}}, 422,
+     "the request body is not valid JSON (Expecting value)"),
+    ("post", "/v1/generate", {"content": b"cat", "headers": {"Content-Type": "text/plain"}}, 422,
+     "the request body must be a JSON object (Content-Type: application/json); got b'cat'"),
+    ("post", "/v1/generate", {"json": {"class_name": "x" * 10**5}}, 422,
+     f"class_name: string should have at most 200 characters; got '{'x' * 56}... (100,002 characters)"),
+    ("post", "/v1/classify", {"data": {"top_k": "3"}}, 422, "files is required"),
+    ("post", "/v1/classify", {"files": [upload("red.png", png())], "data": {"top_k": "2.5"}}, 422,
+     "top_k must be an integer from 1 to 20 (classes listed per image); got 2.5"),
+    ("get", "/v2/classify", {}, 404,
+     "there is no /v2/classify here: the API is /v1/classify, /v1/generate, /v1/models and /healthz"),
+    ("delete", "/v1/models", {}, 405, "/v1/models does not take DELETE requests (see /docs)"),
+], ids=["missing-field", "wrong-type", "wrong-choice", "broken-json", "not-json", "huge-string", "no-files",
+        "fractional-top-k", "no-such-path", "wrong-method"])
+def test_every_error_is_one_sentence_in_detail(client, method, path, request_kwargs, status, detail):
+    response = client.request(method.upper(), path, **request_kwargs)
+    assert (response.status_code, response.json()) == (status, {"detail": detail})
+
+
+def test_an_unexpected_failure_is_a_500_sentence_and_a_logged_traceback(client, studio, monkeypatch, caplog):
+    def broken():
+        raise RuntimeError("the secret path /srv/models is gone")
+
+    monkeypatch.setattr(studio.catalog, "names", broken)
+    with caplog.at_level("ERROR", logger="inference.server"):
+        response = client.get("/v1/models")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "the server failed on this request (an internal error, logged on the server); "
+                                         "please report it"}
+    [logged] = [r for r in caplog.records if r.name == "inference.server"]
+    assert logged.getMessage() == "GET /v1/models failed" and "the secret path" in caplog.text  # with its traceback
+    assert logged.exc_info[0] is RuntimeError
+    monkeypatch.undo()
+    assert client.get("/v1/models").status_code == 200  # and the server carries on
+
+
+# --- A body that does not arrive ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def impatient_url(studio):
+    with uvicorn_in_thread(create_app(studio, body_timeout=1.0)) as url:
+        yield url
+
+
+def stalled_request(url: str, head: bytes, sent_body: bytes, wait: float = 30) -> tuple[bytes, float]:
+    """Send the head and part of the body, then nothing; the answer (until the server closes) and how long it took."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=wait) as connection:
+        connection.sendall(head + sent_body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("path, content_type, body", [
+    ("/v1/generate", "application/json", b'{"class_name": "cat", "count": 1}'),
+    ("/v1/classify", "multipart/form-data; boundary=xyz",
+     b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="red.png"\r\nContent-Type: image/png\r\n\r\n'
+     + png() + b"\r\n--xyz--\r\n"),
+], ids=["json", "multipart"])
+def test_a_half_sent_body_gets_408_after_the_body_timeout(impatient_url, path, content_type, body):
+    head = (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    answer, seconds = stalled_request(impatient_url, head, body[: len(body) // 2])
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {
+        "detail": "the request body did not arrive within 1 s; send it whole, without pauses"}
+    assert 1.0 <= seconds < 10  # the server closed the connection after answering
+    # The same body sent whole is served.
+    assert httpx.post(impatient_url + path, content=body, headers={"Content-Type": content_type}, timeout=60
+                      ).status_code == 200
+
+
 # --- Listing, health, docs --------------------------------------------------------------------------
 
 
@@ -254,6 +348,7 @@ def test_serve_cli_help():
     result = subprocess.run([sys.executable, "-m", "inference", "serve", "--help"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and "--models-dir" in result.stdout and "--max-pixels" in result.stdout
+    assert "--body-timeout" in result.stdout
 
 
 def test_serve_cli_answers_health(models_dir, tmp_path):

@@ -90,6 +90,9 @@ def real_test_images(config, preprocessing: Preprocessing, count: int = 64) -> t
 
 
 def export_checkpoint(checkpoint, output, which: str = "best", overrides=(), tolerance: float = 1e-4) -> dict:
+    if Path(checkpoint).suffix == ".onnx":
+        raise ExportError(f"{checkpoint} is already exported; add --quantize int8 to quantize it, or export a run "
+                          "directory or .safetensors checkpoint")
     trained = load_trained(checkpoint, which, overrides)
     card, info = trained.card, trained.info
     differences = export_onnx(trained.classifier, card.preprocessing, card, output,
