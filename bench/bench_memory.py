@@ -260,6 +260,7 @@ def measure_http(models_dir: Path, groups: list[list[Path]], name: str, settle: 
 
 def measure_app(models_dir: Path, paths: list[Path], settle: float) -> Measurement:
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     with app_server(models_dir) as (url, process):
         client = Client(url, verbose=False)
@@ -268,8 +269,8 @@ def measure_app(models_dir: Path, paths: list[Path], settle: float) -> Measureme
         try:
             *_, records = client.predict(MODEL, [handle_file(str(p)) for p in paths], 3, api_name="/classify")
             status, unreadable = 200, sum("error" in record for record in records)
-        except Exception as error:  # gradio_client raises AppError for a gr.Error (a refused request)
-            print(f"app-batch: the app answered with an error: {error}", file=sys.stderr)
+        except AppError as error:  # a gr.Error: the request was refused (the pixel budget, too many files)
+            print(f"app-batch: the app refused the request: {error}", file=sys.stderr)
             status, unreadable = 413, 0
         seconds = time.monotonic() - start
         peak = memory_mb(process.pid)["peak"]

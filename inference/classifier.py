@@ -29,7 +29,7 @@ from inference.card import (
     Preprocessing,
     group_name,
 )
-from inference.images import DecodedImage, ImageLoadError, ImageSource, decode_image, to_rgb
+from inference.images import DecodedImage, ImageLoadError, ImageSource, decode_image, release_freed_memory, to_rgb
 from inference.limits import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,8 @@ class OnnxClassifier:
             decoded = self.decode(path)
         except ImageLoadError as error:
             return error
+        finally:
+            release_freed_memory()
         return self.input_tensor(decoded), decoded.warning
 
     def _prediction(self, probabilities: np.ndarray, top_k: int, warning: str | None = None) -> Prediction:

@@ -140,7 +140,7 @@ def jpeg_without_end_marker(data: bytes) -> bytes:
     progressive files are buffered whole before any row is made and so need the real marker; they are returned
     unchanged (`jpeg_data_cover_size` still bounds them)."""
     layout = jpeg_layout(data)
-    if (layout is None or layout.frame not in HUFFMAN_SEQUENTIAL or len(layout.scans) != 1
+    if (layout is None or layout.frame not in HUFFMAN_SEQUENTIAL or len(layout.scans) != 1 or not layout.height
             or layout.end_marker is None):
         return data
     return data[:layout.end_marker] + END_PADDING

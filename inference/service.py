@@ -12,7 +12,6 @@ status with a JSON body. Nothing here knows about Gradio or FastAPI.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import logging
@@ -29,7 +28,7 @@ from PIL import Image
 
 from inference.classifier import MODEL_ERRORS, OnnxClassifier, Prediction, list_models, resolve_model
 from inference.generator_folder import GeneratorError, GeneratorInfo, is_generator_folder, read_generator_info
-from inference.images import Header, ImageLoadError, ImageSource, read_header
+from inference.images import Header, ImageLoadError, ImageSource, read_header, release_freed_memory
 from inference.limits import Limits, ParameterError, check
 
 log = logging.getLogger(__name__)
@@ -462,23 +461,6 @@ class DecodeSlots:
             with self._changed:
                 self.free += slots
                 self._changed.notify_all()
-
-
-def release_freed_memory() -> None:
-    """Hand the memory that decoding freed back to the system. glibc keeps freed blocks in its arenas for reuse,
-    so without this a server that once decoded a large batch stays that large; elsewhere there is nothing to do."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def _malloc_trim():
-    try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
-    except OSError:
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
 
 
 class Studio:
