@@ -17,8 +17,8 @@ PNGs by default: about 40 kB a file, so a whole batch is a small body):
 `unreadable` counts the records that are errors: a peak says something about decoding only when they are few.
 
 For a server, `peak` is VmHWM of /proc/<pid>/status after the last answer (the most resident memory the process
-ever had, start-up included) and `after` is VmRSS `--settle` seconds later; for the CLI, `peak` is the child's
-ru_maxrss. `idle` is VmRSS before the first request. The answers' HTTP status (or the CLI's exit status) is printed
+ever had, start-up included) and `after` is VmRSS `--settle` seconds later; for the CLI, `peak` is its VmHWM as it
+exits. `idle` is VmRSS before the first request. The answers' HTTP status (or the CLI's exit status) is printed
 too: a request refused with 413 costs little, so a peak only says something about requests that were accepted.
 
 The model is a tiny ONNX graph (average pool + linear layer, no torch) with a model card whose preprocessing is
@@ -279,17 +279,32 @@ def measure_app(models_dir: Path, paths: list[Path], settle: float) -> Measureme
     return Measurement("app-batch", len(paths), [status], unreadable, seconds, idle, peak, after)
 
 
+# Runs `python -m inference ...` and writes its own VmHWM (kB) to the file $BENCH_MEMORY_REPORT as it exits. The
+# child's ru_maxrss would not do: Linux counts the memory of the process that forked it, up to the exec, in it.
+CLI_WRAPPER = """
+import os, runpy, sys
+sys.argv = ["inference", *sys.argv[1:]]
+try:
+    runpy.run_module("inference", run_name="__main__", alter_sys=True)
+finally:
+    peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    open(os.environ["BENCH_MEMORY_REPORT"], "w").write(peak.split()[1])
+"""
+
+
 def measure_cli(model: Path, paths: list[Path]) -> Measurement:
-    command = [sys.executable, "-m", "inference", "predict", "--model", str(model), "--top-k", "3", *map(str, paths)]
-    start = time.monotonic()
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=output)
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not all children's
-        process.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        unreadable = sum("error" in record for record in json.loads(output.read() or b"[]"))
-    return Measurement("cli", len(paths), [process.returncode], unreadable, time.monotonic() - start, None,
-                       usage.ru_maxrss / 1024, None)  # ru_maxrss is in kB on Linux
+    arguments = ["predict", "--model", str(model), "--top-k", "3", *map(str, paths)]
+    with tempfile.TemporaryDirectory() as folder:
+        report, output = Path(folder) / "peak_kb", Path(folder) / "records.json"
+        env = {**environment(), "BENCH_MEMORY_REPORT": str(report)}
+        start = time.monotonic()
+        with output.open("wb") as stdout:
+            status = subprocess.run([sys.executable, "-c", CLI_WRAPPER, *arguments], cwd=ROOT, env=env,
+                                    stdout=stdout, check=False).returncode
+        seconds = time.monotonic() - start
+        unreadable = sum("error" in record for record in json.loads(output.read_bytes() or b"[]"))
+        peak = int(report.read_text()) / 1024
+    return Measurement("cli", len(paths), [status], unreadable, seconds, None, peak, None)
 
 
 # --- Main -------------------------------------------------------------------------------------------
