@@ -37,7 +37,7 @@ import os
 from pathlib import Path
 
 from inference.service import Generation, GeneratorService, Limits, ModelCatalog, Progress, Studio
-from studio_app import build_blocks
+from studio_app.blocks import build_blocks
 
 # No calls home: Gradio reads this when the Blocks are built and launched, so after the imports is early enough.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

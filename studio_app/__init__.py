@@ -8,10 +8,8 @@
     blocks.py    all of it put together: build_blocks(studio, examples_dir)
 
 app.py, the Space's entry file, configures a Studio from the environment, builds the app and launches it.
+This file re-exports nothing: the modules import `studio_app.render` and friends, so a re-export here would make
+the package and its modules import each other.
 """
 
 import torchvision_compat  # noqa: F401  (must run before anything imports torchvision)
-from studio_app.blocks import build_blocks
-from studio_app.handlers import Handlers
-
-__all__ = ["Handlers", "build_blocks"]

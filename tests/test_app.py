@@ -14,7 +14,8 @@ import app
 from inference.card import group_rule_text
 from inference.classifier import ClassScore, OnnxClassifier
 from inference.service import ClassChoice, Generation, Limits, ModelCatalog, Recognition, Studio
-from studio_app import Handlers, render
+from studio_app import render
+from studio_app.handlers import Handlers
 from tests.helpers_onnx import METRICS, make_card, tiny_net_path, write_model
 from tests.helpers_servers import gradio_launched
 

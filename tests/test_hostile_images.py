@@ -198,7 +198,7 @@ def expected(models_dir) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def app_handlers(models_dir):
     import app
-    from studio_app import Handlers
+    from studio_app.handlers import Handlers
 
     return Handlers(app.build_studio(models_dir))
 
@@ -330,7 +330,7 @@ def small_png(size=(40, 40)) -> bytes:
 
 def test_a_request_over_its_pixel_budget_is_refused_before_decoding(models_dir, monkeypatch):
     from inference.server import create_app
-    from studio_app import Handlers
+    from studio_app.handlers import Handlers
 
     studio = Studio(ModelCatalog(models_dir), limits=Limits(max_request_pixels=3000))
     monkeypatch.setattr(OnnxClassifier, "decode", lambda *a, **k: pytest.fail("an image was decoded"))

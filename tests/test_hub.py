@@ -393,7 +393,7 @@ def test_app_serves_hub_models_and_shows_the_ones_it_cannot_fetch(hub_cache, mod
     assert "A Hub model could not be loaded" in str(demo.config)
     from PIL import Image
 
-    from studio_app import Handlers
+    from studio_app.handlers import Handlers
 
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
     records = Handlers(studio).classify("hub_model.onnx", [str(tmp_path / "red.png")], 3)[5]

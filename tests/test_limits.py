@@ -18,7 +18,7 @@ from inference.__main__ import main
 from inference.limits import PARAMETERS, Limits, ParameterError, check, check_text, markdown_table
 from inference.server import create_app
 from inference.service import GeneratorService, ModelCatalog, RequestError, Studio
-from studio_app import Handlers
+from studio_app.handlers import Handlers
 from tests.helpers_onnx import make_card, tiny_net_path, write_model
 from tests.helpers_servers import gradio_launched
 

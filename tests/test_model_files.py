@@ -11,7 +11,7 @@ from PIL import Image
 
 from inference.server import create_app
 from inference.service import ModelCatalog, RequestError, Studio
-from studio_app import Handlers
+from studio_app.handlers import Handlers
 from tests.helpers_onnx import identity_model, make_card, tiny_net_path, write_model
 
 

@@ -37,8 +37,9 @@ def imported_project_modules(tree: ast.Module, known: set[str]) -> set[str]:
 def test_no_import_cycles():
     modules = project_modules()
     graph = {name: imported_project_modules(tree, set(modules)) - {name} for name, tree in modules.items()}
-    # A package's __init__ importing its own submodules (registration, re-exports) is not a cycle of concerns.
-    graph = {name: {t for t in targets if not t.startswith(name + ".")} for name, targets in graph.items()}
+    # `training/__init__` imports `training.methods` to register the methods; nothing below imports the package
+    # itself, so that one edge cannot close a cycle. Every other package-to-submodule edge counts.
+    graph["training"] = graph["training"] - {"training.methods"}
     cycles, state = [], {}
 
     def visit(name, path):

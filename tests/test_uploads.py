@@ -270,7 +270,7 @@ def demo(models_dir, tmp_path_factory):
 def app_handlers(models_dir):
     """The app's handlers over the app's own Studio (app.build_studio), called directly."""
     import app
-    from studio_app import Handlers
+    from studio_app.handlers import Handlers
 
     return Handlers(app.build_studio(models_dir))
 
