@@ -19,15 +19,19 @@ API (gradio_client), one call for any number of images:
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
-    gallery, label, bars, summary, messages, records = client.predict(
-        "cifar10_lt_ce_resnet32.onnx", [handle_file("cat.png")], 5, api_name="/classify")
-    gallery, zip_file, summary, records = client.predict(
-        "cifar10_lt_ce_resnet32.onnx", "frog", 4, 10, 0, 3.0, api_name="/generate")
+    # top 5 classes, τ = 0.5 (post-hoc logit adjustment; 0 = as trained)
+    gallery, cards, top_classes, summary, messages, records = client.predict(
+        "cifar10_lt_ce_resnet32.onnx", [handle_file("cat.png")], 5, 0.5, api_name="/classify")
+    # 4 frog images, 10 steps, seed 0, guidance 3; True: keep only those the model recognises as frogs
+    cards, zip_file, summary, records = client.predict(
+        "cifar10_lt_ce_resnet32.onnx", "frog", 4, 10, 0, 3.0, False, api_name="/generate")
 
 `records` of /classify is the same JSON as `python -m inference predict` prints: one object per image;
-/generate's says, for every image, its seed and what the model recognises in it.
-`client.predict("cifar10_lt_ce_resnet32.onnx", api_name="/model_card")` returns the card's
-summary (Markdown), class histogram and accuracy table (HTML).
+/generate's says, for every image, its seed and what the model recognises in it. The other outputs are the
+page's HTML (result cards, charts) and Markdown.
+`client.predict("cifar10_lt_ce_resnet32.onnx", api_name="/model_card")` returns the card's summary (Markdown),
+class histogram, accuracy table and long-tail pictures (HTML); `client.predict(model, 0.5, api_name="/tau_effect")`
+what τ = 0.5 does on the test set.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 
 from inference.service import Generation, GeneratorService, Limits, ModelCatalog, Progress, Studio
 from studio_app.blocks import build_blocks
+from studio_app.handlers import warm_generator
 
 # No calls home: Gradio reads this when the Blocks are built and launched, so after the imports is early enough.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -54,7 +59,7 @@ APP_DIR = Path(__file__).resolve().parent
 DEFAULT_MODELS_DIR = APP_DIR / "model_zoo"
 DEFAULT_GENERATOR = APP_DIR / "model_zoo" / "cifar10_lt_generator"
 DEFAULT_EXAMPLES_DIR = APP_DIR / "examples"
-LIMITS = Limits(max_upload_bytes=25 * 2**20, max_batch=64, max_generate=16, max_steps=100)
+LIMITS = Limits()  # the HTTP service's own: the app takes no more files, pixels or steps per request than it does
 MAX_UPLOAD_SIZE = f"{LIMITS.max_upload_bytes // 2**20}mb"  # larger uploads are refused by Gradio itself
 
 
@@ -74,10 +79,10 @@ def build_studio(models_dir: str | Path | None = None, generator: str | Path | N
 
 @on_gpu
 def run_generation(studio: Studio, model_name: str | None, class_name: str, count: int, steps: int, seed: int,
-                   guidance: float, progress: Progress) -> Generation:
+                   guidance: float, progress: Progress, first_index: int = 0) -> Generation:
     """The only function that needs a GPU: on ZeroGPU Spaces it is lent one for the duration of the call."""
     return studio.generate(model_name, class_name, count=count, seed=seed, steps=steps, guidance=guidance,
-                           progress=progress)
+                           first_index=first_index, progress=progress)
 
 
 def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | None = None,
@@ -89,12 +94,18 @@ def build_app(models_dir: str | Path | None = None, examples_dir: str | Path | N
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    demo = build_app()
+    studio = build_studio()
+    demo = build_app(studio=studio)
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_file_size=MAX_UPLOAD_SIZE,
+        prevent_thread_lock=True,
     )
+    # Once the page is served, so start-up is not slowed: the generator opens in the background (torch and its
+    # weights take seconds) and the first generation starts at once.
+    warm_generator(studio)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ PNGs by default: about 40 kB a file, so a whole batch is a small body):
   max_batch, 32);
 - `http-concurrent`: the same server, `--clients` requests at once of `--files-per-client` files each;
 - `app-batch`: `python app.py`, one /classify call through gradio_client with `--app-files` files (the app's
-  max_batch, 64);
+  max_batch, the same as the server's: `Limits().max_batch`, 32);
 - `cli`: `python -m inference predict` on `--cli-files` files.
 
 `unreadable` counts the records that are errors: a peak says something about decoding only when they are few.
@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from inference.limits import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "memory_bench.onnx"
@@ -126,6 +128,18 @@ def hostile_pillow_file(width: int, height: int, kind: str, seed: int = 0) -> by
     return buffer.getvalue()
 
 
+def noise_png(width: int, height: int, seed: int = 0) -> bytes:
+    """An RGB PNG of random pixels, which no compressor shrinks: the most bytes per pixel a legal upload carries
+    (8 megapixels is about 24 MB, just inside the 25 MB per-file limit), so a whole batch is a body of ~770 MB."""
+    rng = np.random.default_rng(seed)
+    compressor = zlib.compressobj(1)
+    rows = (compressor.compress(b"\0" + rng.integers(0, 256, width * 3, dtype=np.uint8).tobytes())
+            for _ in range(height))
+    data = b"".join(rows) + compressor.flush()
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+
+
 def write_files(folder: Path, count: int, megapixels: float, kind: str) -> list[Path]:
     """`count` files of about `megapixels` each (4:3), all different bytes."""
     width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
@@ -135,6 +149,8 @@ def write_files(folder: Path, count: int, megapixels: float, kind: str) -> list[
     for i in range(count):
         if kind in PILLOW_KINDS:
             path, data = folder / f"hostile_{i:02d}.{kind}", hostile_pillow_file(width, height, kind, i)
+        elif kind == "noise":
+            path, data = folder / f"hostile_{i:02d}.png", noise_png(width, height, i)
         else:
             path, data = folder / f"hostile_{i:02d}.png", hostile_png(width, height, kind, i)
         path.write_bytes(data)
@@ -313,12 +329,13 @@ def measure_cli(model: Path, paths: list[Path]) -> Measurement:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
-    parser.add_argument("--kind", choices=[*PNG_KINDS, *PILLOW_KINDS], default="palette", help="what the files are")
+    parser.add_argument("--kind", choices=[*PNG_KINDS, *PILLOW_KINDS, "noise"], default="palette",
+                        help="what the files are (noise: incompressible RGB, the largest body; use --megapixels 8)")
     parser.add_argument("--megapixels", type=float, default=40.0, help="per file (default 40: the per-image limit)")
     parser.add_argument("--files", type=int, default=32, help="files in the http-batch request")
     parser.add_argument("--clients", type=int, default=4, help="concurrent requests in http-concurrent")
     parser.add_argument("--files-per-client", type=int, default=4)
-    parser.add_argument("--app-files", type=int, default=64, help="files in the app-batch call")
+    parser.add_argument("--app-files", type=int, default=Limits().max_batch, help="files in the app-batch call")
     parser.add_argument("--cli-files", type=int, default=10)
     parser.add_argument("--input-size", type=int, default=32, choices=[32, 224], help="the model's input size")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait before reading `after`")

@@ -82,7 +82,8 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device("cpu")
     overrides = [f"model.name={args.model}", f"run.amp={args.amp}", f"data.batch_size={args.batch_size}",
-                 f"data.num_workers={args.workers}", "run.channels_last=true", f"run.progress={str(args.progress).lower()}"]
+                 f"data.num_workers={args.workers}", "run.channels_last=true", f"run.progress={str(args.progress).lower()}",
+                 "data.augment_on=loader"]  # the per-image loader; bench/bench_pipeline.py compares the device path
     if args.data:
         overrides.append(f"data.root={args.data}")
     config = load_config(args.config, overrides)

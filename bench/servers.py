@@ -113,10 +113,11 @@ class GradioHttpClassifier:
         upload = self.client.post("/gradio_api/upload", files=self.files)
         upload.raise_for_status()
         file = {"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}
-        return self.call("classify", [self.model, [file], 5])[5][0]["prediction"]
+        return self.call("classify", [self.model, [file], 5, 0.0])[5][0]["prediction"]  # top_k 5, tau 0
 
     def generate(self, class_name: str = "truck", count: int = 4) -> int:
-        return len(self.call("generate", [self.model, class_name, count, 10, 0, 3.0])[3]["images"])
+        # steps 10, seed 0, guidance 3, every sample kept (not only the recognised ones)
+        return len(self.call("generate", [self.model, class_name, count, 10, 0, 3.0, False])[3]["images"])
 
     def call(self, api_name: str, data: list) -> list:
         call = self.client.post(f"/gradio_api/call/{api_name}", json={"data": data})

@@ -1,6 +1,7 @@
 """Command line for exported models.
 
     python -m inference predict --model model_zoo/cifar10_lt_ce_resnet32.onnx cat.png dog.jpg --top-k 3
+    python -m inference predict --model model_zoo/cifar10_lt_ce_resnet32.onnx cat.png --tau 1   # favour the tail
     python -m inference card --model model_zoo/cifar10_lt_ce_resnet32.onnx
     python -m inference serve --models-dir model_zoo --port 8000   # HTTP API, docs at /docs
 
@@ -31,7 +32,8 @@ PREDICT_EXIT_STATUS = """exit status:
   0  every image was classified
   1  some input could not be read: its record is {"image", "error"}, the others are still classified
   2  a usage error (an unknown option, a value outside the limits, e.g. --top-k 0) or a model that
-     cannot be used (no metadata, wrong shape, missing file); nothing is printed on stdout"""
+     cannot be used (no metadata, wrong shape, missing file; no training counts for a --tau other
+     than 0); nothing is printed on stdout"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument("--top-k", type=parameter_argument("top_k"), default=5,
                          help="how many classes to list per image, 1 to 20 (default 5)")
+    predict.add_argument("--tau", type=parameter_argument("tau"), default=0.0,
+                         help="post-hoc logit adjustment, logits − τ·log(training prior), -5 to 5: 0 (default) is the "
+                              "model as trained, above 0 favours the tail, below 0 the head; `card` shows what each τ "
+                              "does on the test set")
     predict.add_argument("--max-file-mb", type=positive_number, default=Limits().max_upload_bytes / 2**20,
                          help="larger files are refused without being read (default %(default)g, as the server's "
                               "--max-upload-mb)")
@@ -70,15 +76,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     serve.add_argument("--generator-revision", help="the revision of a Hub generator")
     serve.add_argument("--max-upload-mb", type=float, default=limits.max_upload_bytes / 2**20,
                        help="largest image file accepted, in MB (default %(default)g)")
-    serve.add_argument("--max-batch", type=int, default=limits.max_batch,
+    serve.add_argument("--max-batch", type=positive_integer, default=limits.max_batch,
                        help="most images per classification request (default %(default)d)")
-    serve.add_argument("--max-generate", type=int, default=limits.max_generate,
+    serve.add_argument("--max-generate", type=positive_integer, default=limits.max_generate,
                        help="most images per generation request (default %(default)d)")
-    serve.add_argument("--max-pixels", type=int, default=limits.max_pixels,
+    serve.add_argument("--max-pixels", type=positive_integer, default=limits.max_pixels,
                        help="most pixels per image, checked before decoding (default %(default)d)")
-    # inference.server.DEFAULT_BODY_TIMEOUT, not imported: FastAPI is loaded for `serve` only.
+    serve.add_argument("--max-request-pixels", type=positive_integer, default=limits.max_request_pixels,
+                       help="most pixels over all the images of one classification request, checked before any is "
+                            "decoded (default %(default)d)")
+    serve.add_argument("--max-parallel-decodes", type=positive_integer, default=limits.max_parallel_decodes,
+                       help="most images decoded at the same time over all requests; each holds its pixels while "
+                            "it decodes (default %(default)d)")
+    # inference.server.DEFAULT_BODY_TIMEOUT and DEFAULT_HEADER_TIMEOUT, not imported: FastAPI loads for `serve` only.
     serve.add_argument("--body-timeout", type=positive_number, default=30.0,
                        help="seconds a request body may take to arrive whole; a slower one gets 408 (default %(default)g)")
+    serve.add_argument("--header-timeout", type=positive_number, default=10.0,
+                       help="seconds a request's line and headers may take to arrive; the connection of a slower one "
+                            "is closed (default %(default)g)")
     return parser
 
 
@@ -104,6 +119,13 @@ def positive_number(text: str) -> float:
     if isinstance(value, str) or not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
     return float(value)
+
+
+def positive_integer(text: str) -> int:
+    value = number_from_text(text)
+    if not isinstance(value, int) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
 
 
 def class_names_argument(value: str) -> list[str]:
@@ -156,11 +178,12 @@ def refused_unread(path: Path, limits: Limits) -> ImageLoadError | None:
     return ImageLoadError(f"{path} is {kind}, not an image file; only regular files are read.")
 
 
-def classify_paths(classifier: OnnxClassifier, paths: list[Path], top_k: int, limits: Limits,
+def classify_paths(classifier: OnnxClassifier, paths: list[Path], top_k: int, limits: Limits, tau: float = 0.0,
                    ) -> list[Prediction | ImageLoadError]:
     """One result per path, in order: files refused from their stat keep their reason, the others are classified."""
     refusals = [refused_unread(path, limits) for path in paths]
-    results = iter(classifier.classify_files([p for p, refusal in zip(paths, refusals) if refusal is None], top_k))
+    results = iter(classifier.classify_files([p for p, refusal in zip(paths, refusals) if refusal is None], top_k,
+                                             tau))
     return [next(results) if refusal is None else refusal for refusal in refusals]
 
 
@@ -169,10 +192,14 @@ def predict(args: argparse.Namespace) -> int:
     if classifier is None:
         return 2
 
+    refusal = classifier.tau_refusal(args.tau)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if classifier.card.quantization:  # on stderr: stdout stays the JSON records
         print(f"{args.model.name}: {quantization_text(classifier.card)}", file=sys.stderr)
     limits = Limits(max_upload_bytes=int(args.max_file_mb * 2**20))
-    results = classify_paths(classifier, args.images, args.top_k, limits)
+    results = classify_paths(classifier, args.images, args.top_k, limits, args.tau)
     records = [record(str(path), result) for path, result in zip(args.images, results)]
     json.dump(records, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -190,16 +217,23 @@ def card(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from inference.server import serve as run_server  # FastAPI and uvicorn only for this command
 
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                    max_batch=args.max_batch, max_generate=args.max_generate)
+    limits = serve_limits(args)
     try:
         catalog = ModelCatalog(args.models_dir, hub_refs=args.hub_model)
     except ValueError as error:  # HubError or RequestError: a Hub model not fetched, or two with one name
         print(f"error: {error}", file=sys.stderr)
         return 2
     studio = Studio(catalog, GeneratorService(args.generator or None, revision=args.generator_revision), limits)
-    run_server(studio, host=args.host, port=args.port, body_timeout=args.body_timeout)
+    run_server(studio, host=args.host, port=args.port, body_timeout=args.body_timeout,
+               header_timeout=args.header_timeout)
     return 0
+
+
+def serve_limits(args: argparse.Namespace) -> Limits:
+    """The operator's limits, from `serve`'s options (README "Limits")."""
+    return Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                  max_batch=args.max_batch, max_generate=args.max_generate,
+                  max_request_pixels=args.max_request_pixels, max_parallel_decodes=args.max_parallel_decodes)
 
 
 def main(argv: list[str] | None = None) -> int:

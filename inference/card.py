@@ -63,6 +63,12 @@ class ModelCard:
     checkpoint: dict = field(default_factory=dict)  # which weights these are: {"which": "val-selected", "epoch": 52}
     # int8 files only (training/quantize.py): {"format", "calibration_images", "fp32_accuracy", "int8_accuracy", ...}
     quantization: dict = field(default_factory=dict)
+    # Measured on the test set by ONNX Runtime at export or `python -m training annotate` (inference/long_tail.py);
+    # None in files made before. tau_curve: [{"tau", "overall", "groups", "ece", "group_ece"}] per τ of the grid;
+    # long_tail: {"class_accuracy", "confusion", "calibration": {group: {"ece", "bins"}}}. Unlike the other fields
+    # their groups are keyed by display name (head / medium / tail): they exist to be shown, and the app reads them so.
+    tau_curve: list[dict] | None = None
+    long_tail: dict | None = None
 
     def __post_init__(self):
         n = len(self.class_names)
@@ -90,7 +96,7 @@ class ModelCard:
         """The card's training-time fields, as a checkpoint's JSON stores them (metrics and which checkpoint
         are added by the trainer when they are known)."""
         info = asdict(self)
-        del info["metrics"], info["checkpoint"], info["quantization"]
+        del info["metrics"], info["checkpoint"], info["quantization"], info["tau_curve"], info["long_tail"]
         return info
 
     @classmethod
@@ -104,6 +110,13 @@ class ModelCard:
             config=info.get("config", {}), git_revision=info.get("git_revision", ""),
             checkpoint={"which": "val-selected" if Path(info["path"]).name == "best" else "last",
                         "epoch": info["epoch"]})
+
+    def tau_point(self, tau: float) -> dict | None:
+        """What post-hoc logit adjustment by τ does on the test set: the tau_curve entry at τ, linearly interpolated
+        between grid points and clamped to the grid (its "tau" is then the grid's end); None without a curve."""
+        if not self.tau_curve:
+            return None
+        return interpolate_curve(self.tau_curve, tau)
 
     # -------------------------------------------------------------------------- the ONNX file (serving side)
 
@@ -127,6 +140,26 @@ class ModelCard:
             return cls(**values)
         except (KeyError, TypeError, ValueError) as error:
             raise MissingMetadataError(f"{source} has incomplete or corrupt metadata: {error}") from error
+
+
+def interpolate_curve(curve: list[dict], tau: float) -> dict:
+    """The entry of a τ curve at τ: linear interpolation between the two grid points around it, clamped to the
+    grid. A figure that is None at either neighbour (a group without classes) is None."""
+    points = sorted(curve, key=lambda entry: entry["tau"])
+    tau = min(max(float(tau), points[0]["tau"]), points[-1]["tau"])
+    upper = next(i for i, entry in enumerate(points) if entry["tau"] >= tau)
+    low, high = points[max(upper - 1, 0)], points[upper]
+    if high["tau"] == tau:
+        return _mix(high, high, 0.0)
+    return {**_mix(low, high, (tau - low["tau"]) / (high["tau"] - low["tau"])), "tau": tau}
+
+
+def _mix(low, high, weight: float):
+    if isinstance(low, dict):
+        return {key: _mix(value, high.get(key), weight) for key, value in low.items()}
+    if low is None or high is None:
+        return None
+    return low + weight * (high - low)
 
 
 def embed_card(onnx_model, card: ModelCard) -> None:
@@ -237,4 +270,66 @@ def markdown_document(card: ModelCard, title: str) -> str:
                          + " | ".join(_percent(group_accuracy(evaluation, rule, g)) for g in GROUPS) + " |")
         lines += ["", f"Groups by the {rule} rule. The val-selected checkpoint was chosen on a held-out validation "
                   "split; the oracle row picks the best test epoch, as the papers do, and is not a fair estimate."]
+    lines += tau_curve_lines(card) + long_tail_lines(card)
     return "\n".join(lines) + "\n"
+
+
+DISPLAY_GROUPS = tuple(group_name(g) for g in GROUPS)
+
+
+def tau_curve_lines(card: ModelCard) -> list[str]:
+    """The τ curve as a table (none without a curve)."""
+    if not card.tau_curve:
+        return []
+    heads = " | ".join(DISPLAY_GROUPS)
+    lines = ["", "## Post-hoc logit adjustment on the test set (%)", "",
+             "Predictions from logits − τ·log(training prior), the prior from the training counts above; τ = 0 is "
+             "the model as trained, τ > 0 favours the tail. Accuracy, then expected calibration error (ECE, 15 bins); "
+             "measured by ONNX Runtime on the exported model.", "",
+             f"| τ | overall | {heads} | ECE | {' | '.join(f'{g} ECE' for g in DISPLAY_GROUPS)} |",
+             "|---:|---:|" + "---:|" * (2 * len(GROUPS) + 1)]
+    for entry in card.tau_curve:
+        groups, group_ece = entry.get("groups", {}), entry.get("group_ece", {})
+        lines.append(f"| {entry['tau']:g} | {_percent(entry.get('overall'))} | "
+                     + " | ".join(_percent(groups.get(g)) for g in DISPLAY_GROUPS) + f" | {_percent(entry.get('ece'))} | "
+                     + " | ".join(_percent(group_ece.get(g)) for g in DISPLAY_GROUPS) + " |")
+    return lines
+
+
+def long_tail_lines(card: ModelCard) -> list[str]:
+    """Accuracy per class against its training count, the confusion matrix and calibration per group, as tables
+    (none without the report)."""
+    report = card.long_tail
+    if not report:
+        return []
+    lines = ["", "## Accuracy per class on the test set (%, as trained)", "",
+             "| class | training images | group | accuracy |", "|---|---:|---|---:|"]
+    lines += [f"| {name} | {count} | {group_name(group)} | {_percent(accuracy)} |" for name, count, group, accuracy
+              in zip(card.class_names, card.class_counts, card.class_groups, report["class_accuracy"])]
+    lines += ["", "## Confusion matrix on the test set (images, as trained)", "",
+              "Rows: the true class; columns: the predicted class, in class order (a tail class's row shows which "
+              "classes absorb its images).", "",
+              "| true class | " + " | ".join(card.class_names) + " |", "|---|" + "---:|" * card.num_classes]
+    lines += [f"| {name} | " + " | ".join(str(n) for n in row) + " |"
+              for name, row in zip(card.class_names, report["confusion"])]
+    return lines + calibration_lines(report["calibration"])
+
+
+def calibration_lines(calibration: dict) -> list[str]:
+    """ECE per group and the reliability diagram as rows: accuracy (images) per confidence bin and group."""
+    groups = [g for g in DISPLAY_GROUPS if g in calibration]
+    lines = ["", "## Calibration per group on the test set (as trained)", "",
+             "Expected calibration error (%): " + ", ".join(f"{g} {_percent(calibration[g]['ece'])}" for g in groups)
+             + ". Reliability: the images of each group binned by the model's confidence in its top class; a "
+             "calibrated model's accuracy equals its confidence.", "",
+             "| confidence (%) | " + " | ".join(f"{g}: confidence / accuracy (images)" for g in groups) + " |",
+             "|---|" + "---:|" * len(groups)]
+    bins = len(calibration[groups[0]]["bins"]) if groups else 0
+    for b in range(bins):
+        cells = [calibration[g]["bins"][b] for g in groups]
+        if not any(cell["count"] for cell in cells):
+            continue
+        shown = [f"{cell['confidence']:.1f} / {cell['accuracy']:.1f} ({cell['count']})" if cell["count"] else "–"
+                 for cell in cells]
+        lines.append(f"| {100 * b / bins:.0f}–{100 * (b + 1) / bins:.0f} | " + " | ".join(shown) + " |")
+    return lines

@@ -3,6 +3,7 @@
     clf = OnnxClassifier("model_zoo/cifar10_lt_ce_resnet32.onnx")
     [prediction] = clf.classify_files(["cat.png"], top_k=3)
     print(describe(prediction.top[0]))  # "cat · tail class · 387 training images"
+    [adjusted] = clf.classify_files(["cat.png"], tau=1.0)  # post-hoc logit adjustment: logits − τ·log(prior)
 
 Everything the classifier needs (class names, training counts, head/medium/tail groups,
 preprocessing) is read from the ONNX file's metadata, so serving never guesses how the model
@@ -30,7 +31,8 @@ from inference.card import (
     group_name,
 )
 from inference.images import DecodedImage, ImageLoadError, ImageSource, decode_image, release_freed_memory, to_rgb
-from inference.limits import DEFAULT_MAX_PIXELS
+from inference.limits import DEFAULT_MAX_PIXELS, check
+from inference.long_tail import PriorUnavailableError, adjust_logits, log_prior, softmax
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class Prediction:
     top: list[ClassScore]  # the top-k, most probable first
     scores: list[ClassScore]  # every class, in class-index order
     warning: str | None = None  # why the prediction may mean little (an almost flat image); None: no doubt
+    tau: float = 0.0  # the post-hoc logit adjustment applied (0: the model as trained)
 
     def to_dict(self) -> dict:
         best = self.top[0]
@@ -87,6 +90,7 @@ class Prediction:
             "probability": best.probability,
             "group": best.group,
             "train_count": best.train_count,
+            "tau": self.tau,
             **warning,
             "top_k": [score.to_dict() for score in self.top],
             "classes": [score.to_dict() for score in self.scores],
@@ -139,6 +143,13 @@ class OnnxClassifier:
         self.card = self._read_card(input_shape, class_names)
         self._check_shapes(input_shape)
         self.has_training_counts = self.card.group_rule.get("rule") != "unknown"
+        # log π for post-hoc logit adjustment; None when the counts are unknown (or zero somewhere): τ ≠ 0 is refused.
+        self.prior_log = None
+        if self.has_training_counts:
+            try:
+                self.prior_log = log_prior(self.card.class_counts)
+            except PriorUnavailableError:
+                pass
         if not self.has_training_counts:
             log.warning(
                 "%s has no LongTail Studio metadata: guessing preprocessing (resize to %dx%d, ImageNet "
@@ -235,8 +246,24 @@ class OnnxClassifier:
         """Softmax over the classes, shape (len(images), num_classes)."""
         return self.tensor_probabilities([self.input_tensor(image) for image in images])
 
-    def tensor_probabilities(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
-        """Softmax over the classes of preprocessed images (`input_tensor`), run BATCH_SIZE at a time."""
+    def tau_refusal(self, tau: float) -> str | None:
+        """Why τ cannot be applied to this model (one sentence), or None when it can: τ = 0 always can; τ ≠ 0
+        needs the training counts (a foreign model has none)."""
+        if tau == 0 or self.prior_log is not None:
+            return None
+        return (f"{self.path.name} has no training class counts, so post-hoc logit adjustment (tau) cannot be "
+                "applied to it; use tau 0")
+
+    def tensor_probabilities(self, tensors: Sequence[np.ndarray], tau: float = 0.0) -> np.ndarray:
+        """Softmax over the classes of preprocessed images (`input_tensor`), after post-hoc logit adjustment by τ
+        (logits − τ·log(training prior); τ = 0: as trained)."""
+        refusal = self.tau_refusal(tau)
+        if refusal:
+            raise PriorUnavailableError(refusal)
+        return softmax(adjust_logits(self.tensor_logits(tensors), self.prior_log, tau))
+
+    def tensor_logits(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's logits for preprocessed images, run BATCH_SIZE at a time."""
         rows = []
         for start in range(0, len(tensors), BATCH_SIZE):
             batch = np.stack(tensors[start : start + BATCH_SIZE])
@@ -246,30 +273,38 @@ class OnnxClassifier:
                     f"{self.path.name} returned logits of shape {logits.shape}; "
                     f"expected ({len(batch)}, {self.card.num_classes})"
                 )
-            rows.append(softmax(logits))
+            rows.append(logits)
         return np.concatenate(rows) if rows else np.zeros((0, self.card.num_classes), dtype=np.float32)
 
-    def predict(self, images: Sequence[Image.Image | DecodedImage], top_k: int = 5) -> list[Prediction]:
+    def predict(self, images: Sequence[Image.Image | DecodedImage], top_k: int = 5, tau: float = 0.0,
+                ) -> list[Prediction]:
         return self.predict_tensors([self.input_tensor(image) for image in images], top_k,
-                                    [getattr(image, "warning", None) for image in images])
+                                    [getattr(image, "warning", None) for image in images], tau)
 
     def predict_tensors(self, tensors: Sequence[np.ndarray], top_k: int = 5,
-                        warnings: Sequence[str | None] | None = None) -> list[Prediction]:
-        """One prediction per preprocessed image, carrying its decoding warning (if any)."""
+                        warnings: Sequence[str | None] | None = None, tau: float = 0.0) -> list[Prediction]:
+        """One prediction per preprocessed image, carrying its decoding warning (if any), after post-hoc logit
+        adjustment by τ (a `ParameterError` outside the limits table's range, `PriorUnavailableError` for τ ≠ 0
+        on a model without training counts)."""
+        tau = check("tau", tau)
         top_k = max(1, min(int(top_k), self.card.num_classes))
         warnings = warnings or [None] * len(tensors)
-        return [self._prediction(row, top_k, warning)
-                for row, warning in zip(self.tensor_probabilities(tensors), warnings)]
+        return [self._prediction(row, top_k, warning, tau)
+                for row, warning in zip(self.tensor_probabilities(tensors, tau), warnings)]
 
     def classify_files(
-        self, paths: Sequence[str | os.PathLike], top_k: int = 5
+        self, paths: Sequence[str | os.PathLike], top_k: int = 5, tau: float = 0.0,
     ) -> list[Prediction | ImageLoadError]:
         """Predict for image files; a file that cannot be read gives its `ImageLoadError` in its place. One file is
         decoded at a time and only its input tensor is kept."""
+        tau = check("tau", tau)
+        refusal = self.tau_refusal(tau)
+        if refusal:  # before any file is decoded
+            raise PriorUnavailableError(refusal)
         inputs = [self._decoded_input(path) for path in paths]
         readable = [item for item in inputs if not isinstance(item, ImageLoadError)]
         predictions = iter(self.predict_tensors([tensor for tensor, _ in readable], top_k,
-                                                [warning for _, warning in readable]))
+                                                [warning for _, warning in readable], tau))
         return [item if isinstance(item, ImageLoadError) else next(predictions) for item in inputs]
 
     def _decoded_input(self, path: str | os.PathLike) -> tuple[np.ndarray, str | None] | ImageLoadError:
@@ -281,7 +316,8 @@ class OnnxClassifier:
             release_freed_memory()
         return self.input_tensor(decoded), decoded.warning
 
-    def _prediction(self, probabilities: np.ndarray, top_k: int, warning: str | None = None) -> Prediction:
+    def _prediction(self, probabilities: np.ndarray, top_k: int, warning: str | None = None, tau: float = 0.0,
+                    ) -> Prediction:
         card = self.card
         scores = [
             ClassScore(
@@ -295,7 +331,7 @@ class OnnxClassifier:
         ]
         # A stable sort keeps class order among ties, so results are deterministic.
         order = np.argsort(-probabilities, kind="stable")
-        return Prediction(top=[scores[i] for i in order[:top_k]], scores=scores, warning=warning)
+        return Prediction(top=[scores[i] for i in order[:top_k]], scores=scores, warning=warning, tau=tau)
 
 
 def preprocess(images: Sequence[Image.Image | DecodedImage], preprocessing: Preprocessing) -> np.ndarray:
@@ -373,13 +409,6 @@ def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
     top = round((h - height) / 2.0)
     left = round((w - width) / 2.0)
     return image.crop((left, top, left + width, top + height))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def list_models(models_dir: str | os.PathLike) -> list[Path]:

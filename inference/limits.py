@@ -131,5 +131,9 @@ def markdown_table(limits: Limits = Limits()) -> str:
         rows.append(f"| `{p.name}` | {kind}, {_number(p.low)} to {_number(p.upper(limits))} | {p.meaning} |")
     rows += [f"| files per classification | at most {limits.max_batch} | `--max-batch` |",
              f"| bytes per file | at most {limits.max_upload_text} | `--max-upload-mb` |",
-             f"| pixels per image | at most {limits.max_pixels:,} (checked before decoding) | `--max-pixels` |"]
+             f"| pixels per image | at most {limits.max_pixels:,} (checked before decoding) | `--max-pixels` |",
+             f"| pixels per classification | at most {limits.max_request_pixels:,} over all its images (checked before "
+             "decoding) | `--max-request-pixels` |",
+             f"| images decoded at once | at most {limits.max_parallel_decodes}, over all requests (a WebP takes every "
+             "slot) | `--max-parallel-decodes` |"]
     return "\n".join(rows)

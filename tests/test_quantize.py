@@ -60,7 +60,14 @@ def test_int8_file_has_integer_ops_and_the_quantization_record(models, trained_r
 
     fp32_card, card = card_of(folder / "tiny.onnx"), card_of(folder / "tiny_int8.onnx")
     assert fp32_card.quantization == {}
-    assert asdict(card) == {**asdict(fp32_card), "quantization": card.quantization}  # the rest of the card is kept
+    # The rest of the card is kept; the τ curve and long-tail report are the int8 model's own.
+    assert asdict(card) == {**asdict(fp32_card), "quantization": card.quantization, "tau_curve": card.tau_curve,
+                            "long_tail": card.long_tail}
+    for model_card, accuracy in ((fp32_card, "fp32_accuracy"), (card, "int8_accuracy")):
+        at_zero = model_card.tau_point(0.0)
+        assert round(at_zero["overall"], 2) == card.quantization[accuracy]["overall"]
+        assert round(at_zero["groups"]["tail"], 2) == card.quantization[accuracy]["few"]
+    assert sum(map(sum, card.long_tail["confusion"])) == card.quantization["test_images"]
     record = card.quantization
     assert record["format"] == asdict(INT8_FORMAT) and record["max_group_drop"] == 100.0
     assert record["calibration_images"] == sum(min(32, n) for n in card.class_counts)  # 32 per class, or all it has

@@ -29,8 +29,16 @@ LIMITS = Limits(max_upload_bytes=64 * 2**10, max_pixels=64 * 64, max_batch=4, ma
 
 
 def png(size=(32, 32), colour=(200, 30, 30), image_format="PNG") -> bytes:
+    """A flat picture (its record carries the near-flat warning)."""
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def textured(size=(32, 32), seed=0, image_format="PNG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
     return buffer.getvalue()
 
 
@@ -70,8 +78,8 @@ def client(base_url):
 
 
 def test_classify_several_images_in_order_with_a_broken_one(client, studio):
-    images = [("red.png", png()), ("broken.png", b"this is not an image"), ("blue.jpg", png(colour=(20, 20, 220),
-                                                                                          image_format="JPEG"))]
+    images = [("red.png", textured()), ("broken.png", b"this is not an image"),
+              ("blue.jpg", textured(seed=1, image_format="JPEG"))]
     response = client.post("/v1/classify", files=[upload(*image) for image in images], data={"top_k": "2"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -88,6 +96,31 @@ def test_classify_several_images_in_order_with_a_broken_one(client, studio):
         assert record["train_count"] == CLASS_COUNTS[CLASS_NAMES.index(record["prediction"])]
 
     assert client.post("/v1/classify", files=[upload(*images[0])], data={"top_k": "21"}).status_code == 422
+
+
+def test_a_near_flat_image_carries_its_warning_and_the_others_none(client):
+    response = client.post("/v1/classify", files=[upload("flat.png", png()), upload("noise.png", textured())])
+    assert response.status_code == 200, response.text
+    flat, noise = response.json()["results"]
+    assert "flat.png is almost one flat colour" in flat["warning"]
+    assert "warning" not in noise  # absent, as `predict` writes it, not null
+    assert "warning" in client.get("/openapi.json").json()["components"]["schemas"]["ImagePrediction"]["properties"]
+
+
+def test_uploads_reach_the_service_unread(client, studio, monkeypatch):
+    """Each file stays in the request's spooled file until its own decode reads it: the server never holds a
+    request's files in memory all at once."""
+    seen = []
+    classify = studio.classify
+
+    def watching(model_name, sources, top_k=5, **options):
+        seen.extend((type(source).__name__, source.name, source.tell()) for source in sources)
+        return classify(model_name, sources, top_k, **options)
+
+    monkeypatch.setattr(studio, "classify", watching)
+    response = client.post("/v1/classify", files=[upload("a.png", textured()), upload("b.png", textured(seed=2))])
+    assert response.status_code == 200, response.text
+    assert seen == [("NamedUpload", "a.png", 0), ("NamedUpload", "b.png", 0)]
 
 
 def test_classify_with_no_readable_image_is_422_with_each_reason(client):
@@ -317,6 +350,25 @@ def test_a_half_sent_body_gets_408_after_the_body_timeout(impatient_url, path, c
                       ).status_code == 200
 
 
+def test_a_connection_whose_headers_stall_is_closed_after_the_header_timeout(studio):
+    from inference.server import server_config
+
+    with uvicorn_in_thread(None, config=server_config(studio, port=0, header_timeout=1.0)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for head in (b"", b"GET /healthz HTTP/1.1\r\nHost: te"):  # nothing at all; half a header
+            started = time.monotonic()
+            with socket.create_connection((host, int(port)), timeout=30) as connection:
+                connection.sendall(head)
+                assert connection.recv(65536) == b""  # closed, without an answer: there is no request to answer
+            assert 1.0 <= time.monotonic() - started < 10
+        # Requests sent whole are answered, also after a pause longer than the deadline (the idle kept-alive
+        # connection is closed at its next deadline, and the client opens a new one).
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.get("/healthz").status_code == 200
+            time.sleep(1.5)
+            assert client.get("/healthz").status_code == 200
+
+
 # --- Listing, health, docs --------------------------------------------------------------------------
 
 
@@ -349,6 +401,23 @@ def test_serve_cli_help():
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and "--models-dir" in result.stdout and "--max-pixels" in result.stdout
     assert "--body-timeout" in result.stdout
+    assert "--max-request-pixels" in result.stdout and "--max-parallel-decodes" in result.stdout
+    assert "--header-timeout" in result.stdout
+
+
+def test_serve_options_set_every_limit_of_the_table():
+    from inference.__main__ import get_args_parser, serve_limits
+
+    args = get_args_parser().parse_args(["serve", "--max-upload-mb", "2", "--max-batch", "3", "--max-generate", "4",
+                                         "--max-pixels", "5000", "--max-request-pixels", "9000",
+                                         "--max-parallel-decodes", "1"])
+    assert serve_limits(args) == replace(Limits(), max_upload_bytes=2 * 2**20, max_batch=3, max_generate=4,
+                                         max_pixels=5000, max_request_pixels=9000, max_parallel_decodes=1)
+    for option in ("--max-batch", "--max-parallel-decodes", "--max-request-pixels"):
+        for bad in ("0", "-1", "1.5", "many"):
+            with pytest.raises(SystemExit) as exit_info:
+                get_args_parser().parse_args(["serve", option, bad])
+            assert exit_info.value.code == 2
 
 
 def test_serve_cli_answers_health(models_dir, tmp_path):

@@ -1,11 +1,13 @@
 """Command line:
 
+    python -m training analyze FOLDER [--json]   (an image folder before training: counts, imbalance, bad files)
     python -m training train --config configs/cifar10_lt/ce.yaml [--set key=value ...] --output-dir DIR
     python -m training train --output-dir DIR --resume
     torchrun --standalone --nproc_per_node=N -m training train ... (DDP: CPU gloo, or one GPU per process)
     python -m training evaluate --checkpoint DIR [--which best|last] [--split test|val]
     python -m training export --checkpoint DIR --output model.onnx
     python -m training export --checkpoint DIR_OR_ONNX --quantize int8 --output model_int8.onnx [--max-group-drop 1.0]
+    python -m training annotate model.onnx --data data/cifar10.npz   (τ curve + long-tail report into its card)
     python -m training extract-features --checkpoint DIR --output features.safetensors
     python -m training train-generator --config configs/generator/cifar10_lt.yaml --output-dir DIR [--resume]
     python -m training synthesize --generator DIR_OR_HUB_ID --config configs/cifar10_lt/ce.yaml --output DIR
@@ -56,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
                              "written) if a head / medium / tail group loses more than --max-group-drop on the test set")
     export.add_argument("--max-group-drop", type=float, default=1.0,
                         help="with --quantize: most accuracy points fp32 → int8 any group may lose (default 1.0)")
+    annotate = commands.add_parser("annotate", help="measure an exported model's τ curve and long-tail report on its "
+                                                    "test set and store them in its card (weights untouched)")
+    annotate.add_argument("model", help="an exported .onnx file (rewritten in place, metadata only)")
+    annotate.add_argument("--data", help="where the card's data file is on this machine (sets data.root), e.g. "
+                                         "data/cifar10.npz")
+    annotate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override other data settings of the card's config, e.g. --set data.num_workers=0")
     features = commands.add_parser("extract-features",
                                    help="frozen backbone features and labels of train / val / test, to one file")
     features.add_argument("--checkpoint", required=True, help="a run directory or a .safetensors file")
@@ -115,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--dry-run", metavar="OUT_DIR", help="write the repo content to OUT_DIR and upload nothing")
     push.add_argument("--recognition-report", metavar="FILE.json",
                       help="for a generator: the JSON that `check-synthetic --output` wrote, put into its card")
+    analyze = commands.add_parser(
+        "analyze", help="report on an image folder before training on it: images per class, imbalance factor, "
+                        "Gini, head/medium/tail, unreadable and duplicate files, image sizes, a suggested command",
+        description="Report on FOLDER (one sub-folder per class) as `dataset: imagefolder` reads it. Exit status: 0 "
+                    "the folder was analysed (problem files are listed in the report), 2 FOLDER is missing or holds "
+                    "no class sub-folders with images.")
+    analyze.add_argument("folder", help="a folder with one sub-folder of images per class")
+    analyze.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
 
 
@@ -155,6 +172,12 @@ def _export(args) -> None:
     export_checkpoint(args.checkpoint, args.output, args.which, args.overrides, args.tolerance)
 
 
+def _annotate(args) -> None:
+    from training.export import annotate_file
+
+    annotate_file(args.model, args.data, args.overrides)
+
+
 def _extract_features(args) -> None:
     from training.features import extract_features
 
@@ -179,6 +202,12 @@ def _check_synthetic(args) -> None:
     check_synthetic_from_args(args)
 
 
+def _analyze(args) -> None:
+    from training.analyze import analyze_command
+
+    analyze_command(args.folder, args.json)
+
+
 def _push(args) -> None:
     from training.push import push
 
@@ -186,9 +215,10 @@ def _push(args) -> None:
          args.recognition_report)
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "extract-features": _extract_features,
+COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "annotate": _annotate,
+            "extract-features": _extract_features,
             "train-generator": _train_generator, "synthesize": _synthesize, "check-synthetic": _check_synthetic,
-            "push": _push}
+            "push": _push, "analyze": _analyze}
 
 
 def _interrupted(args) -> int | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from models import list_models
+from models import PretrainedWeightsError, check_source, create_model, has_model, list_models
 from training.errors import ConfigError
 from training.registry import method_class
 
@@ -39,11 +39,30 @@ class DataConfig:
     test_root: str = ""  # imagefolder: a separate test folder with the same class sub-folders
     batch_size: int = 128
     num_workers: int = 2
+    # Where training views are augmented: auto (device for array datasets, loader for file datasets), device
+    # (a batch at a time on the training device, training/data/batch_augment.py; array datasets only) or loader
+    # (torchvision per image in the DataLoader workers, the old path).
+    augment_on: str = "auto"
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet32"
+    name: str = "resnet32"  # a registered model (models.list_models()) or timm:<architecture>
+    # Weights to start from (models/pretrained.py): none | imagenet (the model's offline ImageNet weights:
+    # efficientnet_lite0) | a .safetensors file | hf://owner/name@<commit sha>/model.safetensors (timm's layout).
+    pretrained: str = "none"
+    input_size: int = 0  # train and serve resolution (square); 0: the model's own (e.g. 128 for CIFAR upsampled)
+    crop_pct: float = 0.0  # serving: resize the shorter side to input_size / crop_pct, centre-crop; 0: the model's
+    freeze_stages: int = 0  # the first N backbone stages get no gradients and keep their BatchNorm statistics
+
+    def build(self, num_classes: int):
+        """The backbone this section describes, pretrained weights loaded and stages frozen (models.create_model);
+        every method builds its network through it."""
+        try:
+            return create_model(self.name, num_classes, pretrained=self.pretrained, input_size=self.input_size,
+                                crop_pct=self.crop_pct, freeze_stages=self.freeze_stages)
+        except PretrainedWeightsError as error:
+            raise ConfigError(f"model (name {self.name}, pretrained {self.pretrained}): {error}") from error
 
 
 @dataclass
@@ -63,6 +82,9 @@ class OptimConfig:
     schedule: str = "step"  # step | cosine
     milestones: list[int] = field(default_factory=lambda: [160, 180])
     gamma: float = 0.1  # step decay factor at every milestone
+    # A pretrained backbone's learning rate is optim.lr x this (its new classifier and heads get optim.lr), e.g.
+    # 0.1 to fine-tune gently; 1 trains everything alike (training/optim.py).
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass
@@ -87,6 +109,7 @@ class RunConfig:
     # Several processes (torchrun): BatchNorm statistics over the global batch, as one process computes them.
     # false: each rank normalises with its own part of the batch (per-rank statistics, rank 0's running ones).
     sync_batchnorm: bool = True
+    compile: bool = False  # torch.compile the model for training and evaluation (the first steps compile it)
 
 
 @dataclass
@@ -220,8 +243,12 @@ def validate(config: Config) -> None:
         "loss.name": (config.loss.name, ("ce", "logit_adjusted", "balanced_softmax")),
         "optim.schedule": (config.optim.schedule, ("step", "cosine")),
         "groups.rule": (config.groups.rule, ("count", "rank")),
+        "data.augment_on": (config.data.augment_on, ("auto", "device", "loader")),
     }
     _check_choices(choices)
+    if config.data.augment_on == "device" and not config.data.dataset.startswith("cifar"):
+        raise ConfigError(f"data.augment_on=device needs an in-memory (CIFAR) dataset; {config.data.dataset} "
+                          "decodes its images per item in the loader (use auto or loader)")
     validate_run(config.run)
     if config.data.imbalance_factor < 1:
         raise ConfigError("data.imbalance_factor is n_max / n_min and must be >= 1 (100 means IF 100)")
@@ -232,8 +259,22 @@ def validate(config: Config) -> None:
         raise ConfigError("data.num_workers and data.val_per_class cannot be negative")
     if config.groups.head_fraction + config.groups.tail_fraction > 1:
         raise ConfigError("groups.head_fraction + groups.tail_fraction must not exceed 1")
-    if config.model.name not in list_models():
-        raise ConfigError(f"model.name '{config.model.name}' is not registered; available: {', '.join(list_models())}")
+    validate_model(config.model)
+    if config.optim.backbone_lr_scale < 0:
+        raise ConfigError("optim.backbone_lr_scale cannot be negative (0 leaves the pretrained backbone as it is)")
+
+
+def validate_model(model: ModelConfig) -> None:
+    if not has_model(model.name):
+        raise ConfigError(f"model.name '{model.name}' is not registered; available: {', '.join(list_models())}, "
+                          "or timm:<architecture> for any timm network")
+    if model.input_size < 0 or model.freeze_stages < 0 or not 0 <= model.crop_pct <= 1:
+        raise ConfigError("model.input_size and model.freeze_stages cannot be negative, and model.crop_pct is a "
+                          "fraction in (0, 1] (0: the model's own)")
+    try:
+        check_source(model.pretrained)
+    except PretrainedWeightsError as error:
+        raise ConfigError(f"model.pretrained: {error}") from error
 
 
 def validate_run(run: RunConfig) -> None:

@@ -110,9 +110,12 @@ def train_one_epoch(model, method, loader, optimizer, amp: AmpStep, optim_config
             "images_per_second": num_images / max(seconds, 1e-9)}
 
 
-def evaluate(classifier, dataset, config: Config, train_counts, device: torch.device, desc: str) -> dict:
-    """Accuracy overall, per class and per group (training.groups.shot_accuracy) of `classifier` on `dataset`."""
-    loader = make_loader(dataset, config.data.batch_size, config.data.num_workers, shuffle=False)
+def evaluate(classifier, dataset, config: Config, train_counts, device: torch.device, desc: str,
+             loader=None) -> dict:
+    """Accuracy overall, per class and per group (training.groups.shot_accuracy) of `classifier` on `dataset`
+    (or on the batches of `loader`, one the caller keeps for the whole run)."""
+    if loader is None:
+        loader = make_loader(dataset, config.data.batch_size, config.data.num_workers, shuffle=False, device=device)
     predictions, labels = predict(classifier, loader, device, config.run.channels_last, config.run.progress, desc)
     return shot_accuracy(predictions, labels, train_counts, config.groups)
 

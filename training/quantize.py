@@ -9,7 +9,8 @@ file is taken as it is, with the data settings of the config saved in its card. 
 calibrates activation ranges on training images of that data (the eval transform, the same number from every class so
 that tail classes shape the ranges too, a fixed seed). fp32 and int8 are then both run by ONNX Runtime on the test
 set, and the int8 file is written only if no head / medium / tail group (under the card's grouping rule) loses more
-than `max_group_drop` percentage points; its card records the format, the calibration and both accuracies.
+than `max_group_drop` percentage points; its card records the format, the calibration and both accuracies, and the
+τ curve and long-tail report of the int8 model itself (training/export.py `with_long_tail`).
 Why this format (`INT8_FORMAT`): docs/benchmarks.md, "int8 quantization".
 """
 
@@ -30,13 +31,12 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from inference.card import GROUPS, MissingMetadataError, ModelCard, embed_card, group_name
+from inference.card import GROUPS, ModelCard, embed_card, group_name
 from inference.images import ImageLoadError
 from training.config import Config, ConfigError, apply_overrides, config_from_dict
-from training.data.loading import make_loader
 from training.data.lt_data import build_datasets, subset
 from training.data.transforms import eval_transform
-from training.export import ExportError, export_onnx, real_test_images
+from training.export import ExportError, export_onnx, logits_on_test_set, read_card, real_test_images, with_long_tail
 from training.groups import shot_accuracy
 from training.trained import load_trained
 
@@ -122,13 +122,16 @@ def quantize_onnx(fp32_path, output, config: Config, card: ModelCard, max_group_
     with tempfile.TemporaryDirectory(prefix="longtail-int8-") as work:
         int8_path = Path(work) / "int8.onnx"
         quantize_graph(fp32_path, int8_path, calibration, int8_format, Path(work))
-        fp32, int8 = evaluate_on_test([fp32_path, int8_path], bundle.test, config, card)
+        (fp32_logits, int8_logits), labels = logits_on_test_set([fp32_path, int8_path], bundle.test,
+                                                                 card.preprocessing, config.data)
+        fp32, int8 = (shot_accuracy(logits.argmax(axis=1), labels, card.class_counts, config.groups)
+                      for logits in (fp32_logits, int8_logits))
         rule = card.group_rule.get("rule", config.groups.rule)
         drops = group_drops(fp32, int8, rule)
         print(accuracy_table(fp32, int8, rule))
         refuse_if_over(drops, fp32, int8, rule, max_group_drop, output)
         record = quantization_record(int8_format, len(calibration), fp32, int8, rule, max_group_drop)
-        write_with_card(int8_path, output, replace(card, quantization=record))
+        write_with_card(int8_path, output, with_long_tail(replace(card, quantization=record), int8_logits, labels))
     size_mb = output.stat().st_size / 2**20
     print(f"wrote {output} ({size_mb:.1f} MB, int8: {int8_format.label()}; calibrated on {len(calibration)} "
           f"training images; no group lost more than {max_group_drop:.2f} points)")
@@ -136,19 +139,6 @@ def quantize_onnx(fp32_path, output, config: Config, card: ModelCard, max_group_
 
 
 # ------------------------------------------------------------------------------------------------ the steps
-
-
-def read_card(model) -> ModelCard:
-    path = Path(model)
-    if not path.is_file():
-        raise ExportError(f"model file {path} does not exist")
-    try:
-        props = {entry.key: entry.value for entry in onnx.load(path, load_external_data=False).metadata_props}
-        return ModelCard.from_metadata_props(props, source=path.name)
-    except MissingMetadataError as error:
-        raise ExportError(str(error)) from error
-    except Exception as error:  # onnx's parse errors are not one public class
-        raise ExportError(f"{path} is not a readable ONNX file: {error}") from error
 
 
 def load_data(config: Config):
@@ -194,21 +184,6 @@ def quantize_graph(fp32_path, int8_path, calibration: np.ndarray, int8_format: I
                     quant_format=QUANT_FORMATS[int8_format.quant_format],
                     activation_type=QUANT_TYPES[int8_format.activations], weight_type=QUANT_TYPES[int8_format.weights],
                     per_channel=int8_format.per_channel, reduce_range=int8_format.reduce_range)
-
-
-def evaluate_on_test(models: list, test, config: Config, card: ModelCard) -> list[dict]:
-    """shot_accuracy of every model on the test set, run by ONNX Runtime on the CPU, in one pass over the data."""
-    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in models]
-    loader = make_loader(test.with_transform(eval_transform(card.preprocessing)), config.data.batch_size,
-                         config.data.num_workers, shuffle=False)
-    predictions, labels = [[] for _ in sessions], []
-    for images, targets in loader:
-        batch = images.numpy().astype(np.float32)
-        for session, predicted in zip(sessions, predictions):
-            predicted.append(session.run(None, {session.get_inputs()[0].name: batch})[0].argmax(axis=1))
-        labels.append(np.asarray(targets))
-    labels = np.concatenate(labels)
-    return [shot_accuracy(np.concatenate(p), labels, card.class_counts, config.groups) for p in predictions]
 
 
 def group_drops(fp32: dict, int8: dict, rule: str) -> dict[str, float]:

@@ -24,7 +24,7 @@ from training.groups import class_groups, rule_description
 from training.run_dir import RunDir
 
 # Settings that may change when a run resumes (on another machine, say); all others must stay as saved.
-RESUMABLE_OVERRIDES = ("data.root", "data.num_workers", "run.threads", "run.progress", "run.device")
+RESUMABLE_OVERRIDES = ("data.root", "data.num_workers", "run.threads", "run.progress", "run.device", "run.compile")
 
 
 def start_run(run: RunConfig) -> torch.device:
@@ -63,8 +63,17 @@ def resume_config(output_dir: str | Path, config_path: str | None = None, overri
     """The saved config of a run (its config.yaml). Re-running the original command with --resume is fine;
     anything that would change the run other than RESUMABLE_OVERRIDES (paths, workers, threads, device) is an
     error. `build` turns a tree into a checked config (the generator trainer passes its own)."""
-    saved = build(RunDir(output_dir).config_tree()).to_dict()
-    given = build(read_config_tree(config_path, overrides) if config_path else apply_overrides(saved, overrides))
+    saved_tree, given_tree = RunDir(output_dir).config_tree(), None
+    if config_path:
+        given_tree = read_config_tree(config_path, overrides)
+    if build is config_from_dict and "augment_on" not in saved_tree.get("data", {}):
+        # A run saved before data.augment_on existed augmented in the loader: it goes on doing so, whatever the
+        # default is now, unless the given config says otherwise (and is then refused as a change).
+        saved_tree = apply_overrides(saved_tree, ["data.augment_on=loader"])
+        if given_tree is not None and "augment_on" not in given_tree.get("data", {}):
+            given_tree = apply_overrides(given_tree, ["data.augment_on=loader"])
+    saved = build(saved_tree).to_dict()
+    given = build(given_tree if given_tree is not None else apply_overrides(saved, overrides))
     check_unchanged(given, saved, output_dir)
     given_flat = _flatten(given.to_dict())
     allowed = [f"{key}={json.dumps(given_flat[key])}" for key in RESUMABLE_OVERRIDES if key in given_flat]

@@ -40,9 +40,11 @@ class TrainedModel(NamedTuple):
 
 def load_trained(checkpoint, which: str = "best", overrides=()) -> TrainedModel:
     """A run directory (its `which` checkpoint) or a checkpoint file → the trained model. `overrides` may change
-    data settings, e.g. data.root on another machine; the model is rebuilt from the saved config."""
+    data settings, e.g. data.root on another machine; the model is rebuilt from the saved config, without its
+    pretrained weights (`model.pretrained: none`): the checkpoint holds every weight, and the file or Hub reference
+    the run started from need not exist where it is reopened."""
     tensors, info = load_checkpoint(checkpoint, which)
-    config = config_from_dict(apply_overrides(info["config"], overrides))
+    config = config_from_dict(apply_overrides(info["config"], ["model.pretrained=none", *overrides]))
     method = build_method(config, info["class_counts"])
     model = method.build_model()
     restore_model(model, tensors, info)

@@ -9,6 +9,10 @@ Every image is loaded with torch's generator seeded from (loader seed, image ind
 (`SeededItems`): its augmentation, ConCutMix's foreground draw and SAU's partner view depend on the epoch and
 the image only, not on the order, the DataLoader worker or the process that loads it, and loading leaves the
 global generator, which the training step draws from (CutMix boxes, MixUp weights), untouched.
+
+A set augmented on the device (training/data/batch_augment.py `OnDeviceViews`) is loaded in the main process, its
+items being a few integers, and each batch is augmented on the device as it is yielded (`AugmentedBatches`).
+`TrainLoader` keeps one loader, and so its worker processes, for the whole run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from training.data.batch_augment import OnDeviceViews
 from training.distributed import shard as rank_part
 
 
@@ -80,10 +85,48 @@ class GlobalBatchSampler(Sampler):
         return sum(1 for size in sizes if len(self._part(range(size))))
 
 
+class AugmentedBatches:
+    """A loader of `OnDeviceViews` whose batches come out augmented on `device`."""
+
+    def __init__(self, loader: DataLoader, dataset: OnDeviceViews, device: torch.device):
+        self.loader, self.augment = loader, dataset.augment.to(device)
+        self.batch_sampler = loader.batch_sampler
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.augment(batch)
+
+
 def make_loader(dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                shard: bool = False) -> DataLoader:
-    """A DataLoader over `dataset` in global batches of `batch_size` (with `shard`, this rank's part of each)."""
+                shard: bool = False, device: torch.device | str = "cpu", persistent: bool = False):
+    """A DataLoader over `dataset` in global batches of `batch_size` (with `shard`, this rank's part of each).
+    `persistent` keeps its worker processes between passes (`TrainLoader`)."""
     sampler = GlobalBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, shard)
+    on_device = isinstance(dataset, OnDeviceViews)
+    workers = 0 if on_device else num_workers
     # Its own generator for the worker base seed, so that creating a loader never draws from the global one.
-    return DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=num_workers,
-                      generator=torch.Generator(), persistent_workers=False, pin_memory=torch.cuda.is_available())
+    loader = DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=workers, generator=torch.Generator(),
+                        persistent_workers=persistent and workers > 0,
+                        pin_memory=torch.cuda.is_available() and not on_device)
+    return AugmentedBatches(loader, dataset, torch.device(device)) if on_device else loader
+
+
+class TrainLoader:
+    """The training loader of a run, shuffled afresh every epoch (`for_epoch(seed)`). Built once, with persistent
+    workers, unless the dataset changes between epochs in the main process (`changes_every_epoch`, SAU's
+    partners on the loader path), which workers holding a copy of it would not see."""
+
+    def __init__(self, dataset, batch_size: int, num_workers: int, device: torch.device | str = "cpu"):
+        self.arguments = dict(dataset=dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True,
+                              drop_last=True, shard=True, device=device)
+        self.rebuild = getattr(dataset, "changes_every_epoch", False)
+        self.loader = None
+
+    def for_epoch(self, seed: int):
+        if self.loader is None or self.rebuild:
+            self.loader = make_loader(seed=seed, persistent=not self.rebuild, **self.arguments)
+        self.loader.batch_sampler.seed = seed
+        return self.loader

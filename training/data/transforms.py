@@ -5,6 +5,10 @@ resize the shorter side to size / crop_pct, centre-crop, scale to [0, 1], normal
 
 `kind` is the dataset kind: "array" (CIFAR-style, in memory, at the native size) or "files" (ImageNet-style).
 The strong views used by the contrastive methods follow BCL / ConCutMix / SAU (docs/methods.md §1.5, §3.3).
+`native_size` is the (height, width) of array images: when it is not the model's input size (a 128 px backbone on
+32 px CIFAR), a view augments at the native size and then fits the result to the input as `eval_transform` does
+(shorter side to input_size / crop_pct, centre crop). training/data/batch_augment.py holds the same views
+applied a batch at a time on the training device.
 """
 
 from __future__ import annotations
@@ -38,25 +42,39 @@ class Cutout:
         return image
 
 
-def _to_normalised_tensor(preprocessing: Preprocessing, cutout: int = 0) -> list:
+def _fit_to_input(preprocessing: Preprocessing, native_size=None) -> list:
+    """Resize + centre crop of an array view augmented at a native size other than the input size."""
+    if native_size is None or tuple(native_size) == tuple(preprocessing.input_size[1:]):
+        return []
+    return [v2.Resize(preprocessing.resize_to, interpolation=_interpolation(preprocessing.interpolation),
+                      antialias=True), v2.CenterCrop(preprocessing.input_size[1:])]
+
+
+def _to_normalised_tensor(preprocessing: Preprocessing, cutout: int = 0, native_size=None) -> list:
     erase = [Cutout(cutout)] if cutout else []
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *erase,
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), *erase, *_fit_to_input(preprocessing, native_size),
             v2.Normalize(preprocessing.mean, preprocessing.std)]
 
 
-def _crop(preprocessing: Preprocessing, kind: str, scale=(0.08, 1.0)) -> list:
-    size = preprocessing.input_size[1:]
+def _view_size(preprocessing: Preprocessing, kind: str, native_size=None) -> list[int]:
+    return list(native_size) if kind == "array" and native_size is not None else preprocessing.input_size[1:]
+
+
+def _crop(preprocessing: Preprocessing, kind: str, scale=(0.08, 1.0), native_size=None) -> list:
+    size = _view_size(preprocessing, kind, native_size)
     if kind == "array":  # CIFAR-style: pad-and-crop at the native size
         return [v2.RandomCrop(size, padding=4)]
     return [v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation(preprocessing.interpolation),
                                  antialias=True)]
 
 
-def train_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
-    return v2.Compose(_crop(preprocessing, kind) + [v2.RandomHorizontalFlip()] + _to_normalised_tensor(preprocessing))
+def train_transform(preprocessing: Preprocessing, kind: str, native_size=None) -> v2.Compose:
+    return v2.Compose(_crop(preprocessing, kind, native_size=native_size) + [v2.RandomHorizontalFlip()]
+                      + _to_normalised_tensor(preprocessing, native_size=native_size))
 
 
-def strong_classification_transform(preprocessing: Preprocessing, kind: str, cutout: int = 0) -> v2.Compose:
+def strong_classification_transform(preprocessing: Preprocessing, kind: str, cutout: int = 0,
+                                    native_size=None) -> v2.Compose:
     """The classification view of BCL-style training. CIFAR: crop + flip + AutoAugment (CIFAR-10 policy).
     ImageNet-style: random-resized crop + flip + colour jitter + RandAugment (n=2, m=10).
     `cutout` > 0 adds one Cutout square of that side (SAU's second CIFAR view: 16 pixels)."""
@@ -64,14 +82,14 @@ def strong_classification_transform(preprocessing: Preprocessing, kind: str, cut
         augment = [v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
     else:
         augment = [v2.ColorJitter(0.4, 0.4, 0.4, 0.0), v2.RandAugment(num_ops=2, magnitude=10)]
-    return v2.Compose(_crop(preprocessing, kind) + [v2.RandomHorizontalFlip()] + augment
-                      + _to_normalised_tensor(preprocessing, cutout))
+    return v2.Compose(_crop(preprocessing, kind, native_size=native_size) + [v2.RandomHorizontalFlip()] + augment
+                      + _to_normalised_tensor(preprocessing, cutout, native_size))
 
 
-def contrastive_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose:
+def contrastive_transform(preprocessing: Preprocessing, kind: str, native_size=None) -> v2.Compose:
     """The SimCLR-style view: random-resized crop (scale 0.2-1 on CIFAR), flip, colour jitter p=0.8,
     grayscale p=0.2, and on CIFAR a Gaussian blur (sigma 0.1-2) with p=0.5."""
-    size = preprocessing.input_size[1:]
+    size = _view_size(preprocessing, kind, native_size)
     scale = (0.2, 1.0) if kind == "array" else (0.08, 1.0)
     steps = [v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation(preprocessing.interpolation),
                                   antialias=True),
@@ -82,7 +100,12 @@ def contrastive_transform(preprocessing: Preprocessing, kind: str) -> v2.Compose
         # PIL's GaussianBlur(radius=sigma) has no kernel size; 2*ceil(3*sigma_max)+1 covers the same support.
         kernel = 2 * math.ceil(3 * 2.0) + 1
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    return v2.Compose(steps + _to_normalised_tensor(preprocessing))
+    return v2.Compose(steps + _to_normalised_tensor(preprocessing, native_size=native_size))
+
+
+def native_size(bundle) -> tuple[int, int] | None:
+    """(height, width) of the images of an array dataset; None for file datasets (decoded at any size)."""
+    return tuple(bundle.train.images.shape[1:3]) if bundle.kind == "array" else None
 
 
 class MultipleViews:

@@ -21,10 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from models import create_model
 from training.config import ConfigError
 from training.contrastive import balanced_contrastive_loss
-from training.data.transforms import contrastive_transform, strong_classification_transform
+from training.data.batch_augment import (
+    BatchAugment,
+    OnDeviceViews,
+    augments_on_device,
+    contrastive_view,
+    strong_classification_view,
+)
+from training.data.transforms import contrastive_transform, native_size, strong_classification_transform
 from training.distributed import all_gather, shard, world_size
 from training.losses import build_loss
 from training.methods.base import Method
@@ -153,15 +159,25 @@ class BackgroundForegroundDataset(Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, index):
-        image, label = self.base[index]
-        # torch's generator: the trainer's loader seeds it per image and epoch (training/data/loading.py), so reruns,
-        # any DataLoader worker and any process draw the same foreground for this image.
+    def pick(self, index) -> tuple[list[int], tuple[int, int]]:
+        """([background index x 3, foreground index], (y_A, y_B)): the images of the item's four views.
+        torch's generator: the trainer's loader seeds it per image and epoch (training/data/loading.py), so reruns,
+        any DataLoader worker and any process draw the same foreground for this image."""
         foreground_class = int(torch.multinomial(self.class_probabilities, 1).item())
         members = self.members[foreground_class]
-        foreground, _ = self.base[int(members[torch.randint(len(members), ()).item()])]
+        foreground = int(members[torch.randint(len(members), ()).item()])
+        return [index] * 3 + [foreground], (int(self.labels[index]), foreground_class)
+
+    def __getitem__(self, index):
+        image_indices, labels = self.pick(index)
+        image, _ = self.base[index]
+        foreground, _ = self.base[image_indices[-1]]
         views = tuple(view(image) for view in self.views)
-        return (*views, self.foreground_view(foreground)), (label, foreground_class)
+        return (*views, self.foreground_view(foreground)), labels
+
+    def on_device(self, views: tuple) -> OnDeviceViews:
+        """The device path: the same picks, the four views (`views`: batch_augment's) applied on the device."""
+        return OnDeviceViews(len(self), self.pick, BatchAugment(self.base.images, views), self.labels)
 
 
 # -------------------------------------------------------------------------------------------- method
@@ -180,14 +196,18 @@ class ConCutMixMethod(Method):
         self.loss = build_loss(config.loss.name, class_counts, config.loss.tau)
 
     def build_model(self) -> nn.Module:
-        backbone = create_model(self.config.model.name, self.num_classes)
+        backbone = self.config.model.build(self.num_classes)
         return BCLModel(backbone, self.num_classes, self.options)
 
     def train_dataset(self, bundle, preprocessing):
-        classification = strong_classification_transform(preprocessing, bundle.kind)
-        contrastive = contrastive_transform(preprocessing, bundle.kind)
-        return BackgroundForegroundDataset(bundle.train, (classification, contrastive, contrastive), classification,
-                                           self.options.foreground_sampler)
+        classification = strong_classification_transform(preprocessing, bundle.kind, native_size=native_size(bundle))
+        contrastive = contrastive_transform(preprocessing, bundle.kind, native_size(bundle))
+        dataset = BackgroundForegroundDataset(bundle.train, (classification, contrastive, contrastive), classification,
+                                              self.options.foreground_sampler)
+        if not augments_on_device(self.config.data.augment_on, bundle.kind):
+            return dataset
+        classification, contrastive = strong_classification_view(preprocessing), contrastive_view(preprocessing)
+        return dataset.on_device((classification, contrastive, contrastive, classification))
 
     def training_loss(self, model, batch, epoch: int):
         """Under DDP `batch` is this rank's part of the global batch, and the step is the one-process step on

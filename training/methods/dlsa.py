@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models import create_model
 from training.methods.base import Method
 from training.methods.dlsa_fit import fit_dlsa
 from training.methods.dlsa_model import DlsaModel, DlsaOptions
@@ -31,7 +30,7 @@ class DlsaMethod(Method):
 
     def build_model(self) -> DlsaModel:
         """An untrained DlsaModel of the right shapes (what a checkpoint restores into)."""
-        backbone = create_model(self.config.model.name, self.num_classes)
+        backbone = self.config.model.build(self.num_classes)
         return DlsaModel(backbone, self.num_classes, self.options, self.config.run.seed)
 
     @classmethod

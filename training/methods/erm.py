@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from models import create_model
-from training.data.transforms import train_transform
+from training.data.batch_augment import augments_on_device, single_view_set, train_view
+from training.data.transforms import native_size, train_transform
 from training.losses import build_loss
 from training.methods.base import Method
 from training.registry import register_method
@@ -21,10 +21,12 @@ class ErmMethod(Method):
         self.loss = build_loss(config.loss.name, class_counts, config.loss.tau)
 
     def build_model(self) -> nn.Module:
-        return create_model(self.config.model.name, self.num_classes)
+        return self.config.model.build(self.num_classes)
 
     def train_dataset(self, bundle, preprocessing):
-        return bundle.train.with_transform(train_transform(preprocessing, bundle.kind))
+        if augments_on_device(self.config.data.augment_on, bundle.kind):
+            return single_view_set(bundle.train.images, bundle.train.labels, train_view(preprocessing))
+        return bundle.train.with_transform(train_transform(preprocessing, bundle.kind, native_size(bundle)))
 
     def training_loss(self, model, batch, epoch: int):
         images, labels = batch

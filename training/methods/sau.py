@@ -32,13 +32,26 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from models import create_model
 from training.config import ConfigError
 from training.contrastive import supervised_contrastive_loss
+from training.data.batch_augment import (
+    BatchAugment,
+    OnDeviceViews,
+    augments_on_device,
+    contrastive_view,
+    strong_classification_view,
+    train_view,
+)
 from training.data.loading import make_loader
 from training.data.lt_data import ArrayDataset, FileListDataset
 from training.data.synthetic_set import read_synthetic_set, top_up_counts
-from training.data.transforms import MultipleViews, contrastive_transform, strong_classification_transform, train_transform
+from training.data.transforms import (
+    MultipleViews,
+    contrastive_transform,
+    native_size,
+    strong_classification_transform,
+    train_transform,
+)
 from training.distributed import all_gather, all_reduce_sum, log
 from training.engine import to_device
 from training.losses import soft_cross_entropy
@@ -175,7 +188,8 @@ def class_prototypes(model: SauModel, real_views: Dataset, num_classes: int, bat
     model.eval()
     seed = int(torch.randint(2**31, ()).item())
     sums, counts = None, torch.zeros(num_classes, device=device)
-    for views, targets in make_loader(real_views, batch_size, num_workers, shuffle=False, seed=seed, shard=True):
+    for views, targets in make_loader(real_views, batch_size, num_workers, shuffle=False, seed=seed, shard=True,
+                                      device=device):
         labels = torch.as_tensor(targets, device=device)
         embeddings = torch.stack([model(to_device(images, device, channels_last))["embedding"].float()
                                   for images in views])
@@ -233,6 +247,8 @@ class RealSyntheticDataset(Dataset):
     exactly a second loader's shuffle, every image a partner once per epoch, with a fresh view-1 augmentation.
     """
 
+    changes_every_epoch = True  # `order`: loader workers must not keep a copy from an earlier epoch
+
     def __init__(self, images, is_synthetic: np.ndarray, views: tuple):
         self.anchors = images.with_transform(MultipleViews(*views))
         self.partners = images.with_transform(views[0])
@@ -248,22 +264,46 @@ class RealSyntheticDataset(Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, index):
+    def pick(self, index) -> tuple[list[int], tuple[int, int, bool]]:
+        """([index x 3, partner index], (y¹, y², is_synthetic¹)): the images of the item's four views."""
         if self.order is None:
             raise RuntimeError("RealSyntheticDataset.shuffle_partners() must run at the start of every epoch")
-        views, label = self.anchors[index]
-        partner, partner_label = self.partners[int(self.order[index])]
-        return (*views, partner), (label, partner_label, bool(self.is_synthetic[index]))
+        partner = int(self.order[index])
+        return [index] * 3 + [partner], (int(self.labels[index]), int(self.labels[partner]),
+                                         bool(self.is_synthetic[index]))
+
+    def __getitem__(self, index):
+        _, targets = self.pick(index)
+        views, _ = self.anchors[index]
+        partner, _ = self.partners[int(self.order[index])]
+        return (*views, partner), targets
+
+    def on_device(self, images: np.ndarray, views: tuple) -> OnDeviceViews:
+        """The device path: the same partners, the four views (`views`: batch_augment's) applied on the device."""
+        return OnDeviceViews(len(self), self.pick, BatchAugment(images, views), self.labels)
 
 
-def sau_views(preprocessing, kind: str) -> tuple:
+def _real_views_on_device(real, views: tuple) -> OnDeviceViews:
+    """The real images in SAU's views 2 and 3 (batch_augment's), for the prototypes on the device path."""
+    labels = real.labels
+    return OnDeviceViews(len(labels), lambda index: ([index, index], int(labels[index])),
+                         BatchAugment(real.images, views), labels)
+
+
+def sau_views(preprocessing, kind: str, size=None) -> tuple:
     """The three views of §1.5. CIFAR: crop + flip; + AutoAugment + Cutout 16; SimCLR-style. ImageNet-style:
-    random-resized crop + flip + colour jitter + RandAugment; SimCLR-style twice."""
-    contrastive = contrastive_transform(preprocessing, kind)
+    random-resized crop + flip + colour jitter + RandAugment; SimCLR-style twice. `size`: array images' size."""
+    contrastive = contrastive_transform(preprocessing, kind, size)
     if kind == "array":
-        return (train_transform(preprocessing, kind), strong_classification_transform(preprocessing, kind, cutout=16),
-                contrastive)
+        return (train_transform(preprocessing, kind, size),
+                strong_classification_transform(preprocessing, kind, cutout=16, native_size=size), contrastive)
     return strong_classification_transform(preprocessing, kind), contrastive, contrastive
+
+
+def sau_device_views(preprocessing) -> tuple:
+    """sau_views of an array dataset as batch_augment views."""
+    return (train_view(preprocessing), strong_classification_view(preprocessing, cutout=16),
+            contrastive_view(preprocessing))
 
 
 # -------------------------------------------------------------------------------------------- method
@@ -285,12 +325,16 @@ class SauMethod(Method):
         self.prototypes: torch.Tensor | None = None
 
     def build_model(self) -> nn.Module:
-        return SauModel(create_model(self.config.model.name, self.num_classes), self.options)
+        return SauModel(self.config.model.build(self.num_classes), self.options)
 
     def train_dataset(self, bundle, preprocessing):
-        views = sau_views(preprocessing, bundle.kind)
+        views = sau_views(preprocessing, bundle.kind, native_size(bundle))
         images, is_synthetic = real_and_synthetic(bundle, self.options.synthetic_dir, self.options.top_up_to)
         self.train_set = RealSyntheticDataset(images, is_synthetic, views)
+        if augments_on_device(self.config.data.augment_on, bundle.kind):
+            device_views = sau_device_views(preprocessing)
+            self.real_views = _real_views_on_device(bundle.train, device_views[1:])
+            return self.train_set.on_device(images.images, device_views + device_views[:1])
         self.real_views = bundle.train.with_transform(MultipleViews(*views[1:]))
         return self.train_set
 
