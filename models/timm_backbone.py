@@ -42,10 +42,6 @@ class TimmBackbone(nn.Module):
         self._imagenet_weights = imagenet_weights  # the offline ImageNet tensors of this entry, if it has any
         self.pretrained_source = "none"
         self.frozen_stages = 0
-        # Under torchrun, training.distributed.convert_sync_batchnorm swaps every BatchNorm for a plain synced one;
-        # timm's BatchNormAct2d carries its activation inside (ReLU6 here), which the swap would drop. Until that
-        # conversion knows timm's layers, a timm trunk keeps per-rank BatchNorm statistics.
-        self.sync_batchnorm = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)

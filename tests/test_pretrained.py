@@ -139,14 +139,21 @@ def test_the_pretrained_backbone_learns_at_backbone_lr_scale_and_the_schedule_ke
         build_optimizer(create_model("resnet32", 3), load_config(None, ["optim.backbone_lr_scale=0.1"]))
 
 
-def test_synced_batchnorm_under_torchrun_leaves_a_timm_backbone_as_it_is():
-    """timm's BatchNormAct2d holds its ReLU6; the trainer's SyncBatchNorm swap would drop it (models/timm_backbone.py)."""
-    from training.distributed import convert_sync_batchnorm
+def test_synced_batchnorm_under_torchrun_keeps_timms_activations_and_weight_names():
+    """timm's BatchNormAct2d holds its ReLU6 inside; the trainer's SyncBatchNorm swap keeps it (one process:
+    the synced layers compute what the originals do, in train and eval mode), and the state_dict keys."""
+    import copy
 
-    model = create_model("efficientnet_lite0", 3).eval()
-    images = torch.randn(2, 3, 64, 64)
-    expected = model(images)
-    assert torch.equal(convert_sync_batchnorm(model, torch.device("cpu")).eval()(images), expected)
+    from training.distributed import CpuSyncBatchNormAct, convert_sync_batchnorm
+
+    model = create_model("efficientnet_lite0", 3, input_size=64)
+    keys = list(model.state_dict())
+    images = torch.randn(4, 3, 64, 64)
+    synced = convert_sync_batchnorm(copy.deepcopy(model), torch.device("cpu"))
+    assert any(isinstance(m, CpuSyncBatchNormAct) for m in synced.modules())
+    assert list(synced.state_dict()) == keys
+    for mode in (True, False):
+        assert torch.allclose(synced.train(mode)(images), model.train(mode)(images), atol=1e-5)
 
 
 def test_imagenet_weights_come_from_the_offline_wheel_or_the_error_says_how_to_install_it():
@@ -259,3 +266,18 @@ def test_dlsa_learns_on_the_1280_d_features_of_a_pretrained_run(tmp_path, tiny_c
     features = json.loads((tmp_path / "dlsa" / "best.json").read_text())
     assert features["method"] == "dlsa" and features["preprocessing"]["input_size"] == [3, 32, 32]
     export_checkpoint(tmp_path / "dlsa", tmp_path / "dlsa.onnx")
+
+
+def test_synthetic_images_keep_the_datasets_own_size_for_an_upsampling_backbone():
+    """CIFAR images are stored at 32 px and upsampled by the augmentation, synthetic ones with them; image files
+    are made at the model's input size."""
+    from types import SimpleNamespace
+
+    from training.synthesize import synthetic_image_size
+
+    array = SimpleNamespace(kind="array", train=SimpleNamespace(images=np.zeros((4, 32, 32, 3), np.uint8)))
+    files = SimpleNamespace(kind="files", train=None)
+    lite0_at_128 = load_config(None, ["model.name=efficientnet_lite0", "model.input_size=128"])
+    assert synthetic_image_size(lite0_at_128, array) == 32
+    assert synthetic_image_size(lite0_at_128, files) == 128
+    assert synthetic_image_size(load_config(None, ["model.name=efficientnet_lite0"]), files) == 224

@@ -190,14 +190,17 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     CpuSyncBatchNorm on CPU) holding the same parameters and buffers, so the state_dict keys (and the
     checkpoints) are unchanged and an optimizer built before still applies.
 
-    A sub-module with `sync_batchnorm = False` keeps its BatchNorm: one whose input is the same on every rank
-    (ConCutMix's centre head, on the classifier weights) has the global statistics already."""
+    A BatchNorm that applies layers of its own after normalising (timm's BatchNormAct2d: `drop`, then `act`) keeps
+    them, under the same names. A sub-module with `sync_batchnorm = False` keeps its BatchNorm: one whose input is
+    the same on every rank (ConCutMix's centre head, on the classifier weights) has the global statistics already."""
     if getattr(module, "sync_batchnorm", True) is False:
         return module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (nn.SyncBatchNorm,
                                                                                        CpuSyncBatchNorm)):
-        synced = (CpuSyncBatchNorm if device.type == "cpu" else nn.SyncBatchNorm)(
+        synced = _synced_class(module, device)(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        for name, layer in module.named_children():
+            synced.add_module(name, layer)
         if module.affine:
             synced.weight, synced.bias = module.weight, module.bias
         if module.track_running_stats:
@@ -207,3 +210,34 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child, device))
     return module
+
+
+TRAILING_LAYERS = ("drop", "act")  # what timm's BatchNormAct2d applies after normalising, in this order
+
+
+def _synced_class(batchnorm: nn.Module, device: torch.device) -> type:
+    synced = CpuSyncBatchNorm if device.type == "cpu" else nn.SyncBatchNorm
+    names = [name for name, _ in batchnorm.named_children()]
+    if not names:
+        return synced
+    if names != list(TRAILING_LAYERS):
+        raise ValueError(f"{type(batchnorm).__name__} holds layers {names}; convert_sync_batchnorm knows only a "
+                         f"BatchNorm followed by {' then '.join(TRAILING_LAYERS)} (timm's BatchNormAct2d)")
+    return _SYNCED_THEN_TRAILING[synced]
+
+
+class CpuSyncBatchNormAct(CpuSyncBatchNorm):
+    """CpuSyncBatchNorm, then the replaced BatchNormAct2d's `drop` and `act`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+
+class SyncBatchNormAct(nn.SyncBatchNorm):
+    """torch's SyncBatchNorm, then the replaced BatchNormAct2d's `drop` and `act`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+
+_SYNCED_THEN_TRAILING = {CpuSyncBatchNorm: CpuSyncBatchNormAct, nn.SyncBatchNorm: SyncBatchNormAct}

@@ -347,10 +347,19 @@ def synthesize_from_args(args) -> dict:
         close_distributed()
 
 
+def synthetic_image_size(config, bundle) -> int:
+    """The side of the images to make: an in-memory dataset's own (CIFAR: 32, even for a backbone that trains on
+    them upsampled to 128 px, as its augmentation upsamples the synthetic images with the real ones); for image
+    files the model's input size."""
+    if bundle.kind == "array":
+        return int(bundle.train.images.shape[1])
+    return config.model.input_size or get_preprocessing(config.model.name).input_size[-1]
+
+
 def _synthesize_on(config, args, device: str) -> dict:
     bundle = build_datasets(config.data)
     class_names, counts = bundle.class_names, bundle.train_counts
-    image_size = get_preprocessing(config.model.name).input_size[-1]
+    image_size = synthetic_image_size(config, bundle)
     if args.per_class is not None and args.per_class < 1:
         raise ConfigError("--per-class must be at least 1")
     wanted = top_up_counts(counts, args.per_class)

@@ -83,9 +83,11 @@ def _base_run(options, config):
     except CheckpointError as error:
         raise CheckpointError(f"method_options.base_checkpoint={options.base_checkpoint}: {error} "
                               "(train the base run first, or point this at it)") from error
-    if base.config.model.name != config.model.name:
-        raise ConfigError(f"model.name is {config.model.name}, but the base run {base.info['path']} is a "
-                          f"{base.config.model.name}; set model.name to match it")
+    for key in ("name", "input_size", "crop_pct"):  # the backbone, and the preprocessing its card will state
+        theirs, ours = getattr(base.config.model, key), getattr(config.model, key)
+        if theirs != ours:
+            raise ConfigError(f"model.{key} is {ours}, but the base run {base.info['path']} has {theirs}; set "
+                              f"model.{key} to match it")
     return base
 
 
