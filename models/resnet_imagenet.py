@@ -7,10 +7,11 @@ from torch import nn
 from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models import resnext50_32x4d as tv_resnext50_32x4d
 
+from models.backbone import Backbone
 from models.registry import IMAGENET_PREPROCESSING, register_model
 
 
-class TorchvisionResNet(nn.Module):
+class TorchvisionResNet(Backbone):
     def __init__(self, trunk: nn.Module, num_classes: int):
         super().__init__()
         self.num_features = trunk.fc.in_features
@@ -20,12 +21,6 @@ class TorchvisionResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("resnet50", IMAGENET_PREPROCESSING)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from inference.card import Preprocessing
+from models.backbone import Backbone
 from models.pretrained import PretrainedWeightsError, read_weights
 
 TIMM_PREFIX = "timm:"
@@ -28,7 +29,7 @@ def _timm():
     return timm
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(Backbone):
     """`trunk`: the timm network with `num_classes=0` (pooled, pre-logit features); `fc`: our classifier. The
     split every method relies on (forward_features / forward_head, `.fc`, `num_features`, models/__init__.py)."""
 
@@ -45,12 +46,6 @@ class TimmBackbone(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     # ------------------------------------------------------------------------------------------ pretrained weights
 
