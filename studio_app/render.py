@@ -129,12 +129,16 @@ def shipped_test_accuracy(card: ModelCard) -> dict | None:
 
 
 def model_label(name: str, card: ModelCard | None) -> str:
-    """The model menu's entry, e.g. "ConCutMix · ResNet-32 · CIFAR-10-LT · 76% test, 82% tail"."""
+    """The model menu's entry, e.g. "ConCutMix · ResNet-32 · CIFAR-10-LT · 60 epochs · 76% test, 82% tail": the
+    training budget says which of two runs of one recipe this is."""
     if card is None:
         return name
     parts = [_plain(METHOD_NAMES, card.method), _plain(MODEL_NAMES, card.model_name), _plain(DATASET_NAMES, card.dataset)]
     if card.quantization:
         parts.append("int8")
+    epochs = ((card.config or {}).get("optim") or {}).get("epochs")
+    if isinstance(epochs, int) and card.method != "dlsa":  # DLSA's budget is its stages', not optim.epochs
+        parts.append(f"{epochs} epochs")
     evaluation = shipped_test_accuracy(card)
     if evaluation and evaluation.get("overall") is not None:
         tail = group_accuracy(evaluation, card.group_rule.get("rule"), "few")

@@ -4,6 +4,7 @@ import json
 import re
 import threading
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -161,6 +162,8 @@ def test_the_model_menu_reads_like_the_card():
                      metrics={"val_selected": {"epoch": 55, "test": {"overall": 76.41, "groups": groups}}},
                      checkpoint={"which": "val-selected", "epoch": 55})
     assert render.model_label("x.onnx", card) == "ConCutMix · ResNet-32 · CIFAR-10-LT · 76% test, 82% tail"
+    trained = replace(card, config={"optim": {"epochs": 200}})  # the budget, when the card records the config
+    assert render.model_label("x.onnx", trained) == "ConCutMix · ResNet-32 · CIFAR-10-LT · 200 epochs · 76% test, 82% tail"
     assert render.model_label("x.onnx", make_card(metrics={})) == "Cross-entropy · tinynet · toy-lt"
     assert render.model_label("x.onnx", None) == "x.onnx"
 
