@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from servers import block_seconds
 
 from inference.classifier import OnnxClassifier
 from inference.images import load_image
@@ -68,17 +69,6 @@ def torch_model_from_onnx(onnx_path: Path, model_name: str, num_classes: int) ->
     if unused:
         raise ValueError(f"{onnx_path.name}: initializers not mapped onto {model_name}: {unused}")
     return model
-
-
-def block_seconds(call, min_time: float) -> float:
-    """Seconds per call: repeat `call` until `min_time` has passed."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        call()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / calls
 
 
 def main() -> None:

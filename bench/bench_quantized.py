@@ -23,23 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from servers import block_seconds
 
 from inference.classifier import OnnxClassifier
 from inference.images import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "model_zoo"
-
-
-def block_seconds(call, min_time: float) -> float:
-    """Seconds per call: repeat `call` until `min_time` has passed."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        call()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / calls
 
 
 def session_call(classifier: OnnxClassifier, batch: np.ndarray):

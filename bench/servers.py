@@ -1,6 +1,7 @@
 """What bench_roundtrip.py and load_test.py share: the app (Gradio) and the HTTP service started in this
 process on free loopback ports over one Studio, the clients that call /classify and /generate on either,
-and latency percentiles. Not a benchmark itself."""
+latency percentiles and a timing loop (also used by bench_inference.py and bench_quantized.py). Not a
+benchmark itself."""
 
 from __future__ import annotations
 
@@ -134,6 +135,17 @@ class GradioHttpClassifier:
                         raise RuntimeError(f"/{api_name} failed: {data}")
                     return data
         raise RuntimeError(f"/{api_name}: the event stream ended without a result")
+
+
+def block_seconds(call, min_time: float) -> float:
+    """Seconds per call: repeat `call` until `min_time` has passed."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        call()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
 
 
 def percentile(values: list[float], q: float) -> float:
