@@ -49,10 +49,12 @@ def main() -> None:
     parser.add_argument("--examples", default=str(ROOT / "examples"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every session")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds per batch size (at least 2: the ratios' quartiles)")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per block of calls")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between blocks")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error(f"--rounds must be at least 2 (the speed-up is reported with its quartiles over rounds), not {args.rounds}")
 
     paths = {"fp32": Path(args.fp32)}
     paths.update({Path(p).stem: Path(p) for p in args.int8 or [ZOO / "cifar10_lt_ce_resnet32_int8.onnx"]})

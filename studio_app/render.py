@@ -44,7 +44,8 @@ METHOD_MEANINGS = {
     "dlsa": "re-balances the frozen features of a trained model with a flow model, then refits the classifier",
     "sau": "synthesises tail samples during training",
 }
-MODEL_NAMES = {"resnet32": "ResNet-32", "resnet50": "ResNet-50", "resnet18": "ResNet-18"}
+MODEL_NAMES = {"resnet32": "ResNet-32", "resnet50": "ResNet-50", "resnet18": "ResNet-18",
+               "efficientnet_lite0": "EfficientNet-Lite0"}
 DATASET_NAMES = {"cifar10_lt": "CIFAR-10-LT", "cifar100_lt": "CIFAR-100-LT", "imagenet_lt": "ImageNet-LT"}
 
 
@@ -130,10 +131,14 @@ def shipped_test_accuracy(card: ModelCard) -> dict | None:
 
 def model_label(name: str, card: ModelCard | None) -> str:
     """The model menu's entry, e.g. "ConCutMix · ResNet-32 · CIFAR-10-LT · 60 epochs · 76% test, 82% tail": the
-    training budget says which of two runs of one recipe this is."""
+    training budget says which of two runs of one recipe this is, "(pretrained)" that a backbone started from
+    ImageNet weights."""
     if card is None:
         return name
-    parts = [_plain(METHOD_NAMES, card.method), _plain(MODEL_NAMES, card.model_name), _plain(DATASET_NAMES, card.dataset)]
+    backbone = _plain(MODEL_NAMES, card.model_name)
+    if ((card.config or {}).get("model") or {}).get("pretrained", "none") not in ("none", "", None):
+        backbone += " (pretrained)"  # fine-tuned from ImageNet weights, not trained from scratch
+    parts = [_plain(METHOD_NAMES, card.method), backbone, _plain(DATASET_NAMES, card.dataset)]
     if card.quantization:
         parts.append("int8")
     epochs = ((card.config or {}).get("optim") or {}).get("epochs")

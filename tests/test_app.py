@@ -164,6 +164,10 @@ def test_the_model_menu_reads_like_the_card():
     assert render.model_label("x.onnx", card) == "ConCutMix · ResNet-32 · CIFAR-10-LT · 76% test, 82% tail"
     trained = replace(card, config={"optim": {"epochs": 200}})  # the budget, when the card records the config
     assert render.model_label("x.onnx", trained) == "ConCutMix · ResNet-32 · CIFAR-10-LT · 200 epochs · 76% test, 82% tail"
+    pretrained = replace(card, model_name="efficientnet_lite0",
+                         config={"optim": {"epochs": 8}, "model": {"pretrained": "imagenet"}})
+    assert render.model_label("x.onnx", pretrained) == ("ConCutMix · EfficientNet-Lite0 (pretrained) · CIFAR-10-LT · "
+                                                        "8 epochs · 76% test, 82% tail")
     assert render.model_label("x.onnx", make_card(metrics={})) == "Cross-entropy · tinynet · toy-lt"
     assert render.model_label("x.onnx", None) == "x.onnx"
 

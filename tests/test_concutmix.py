@@ -18,6 +18,7 @@ from training.methods.concutmix import (
     BCLModel,
     ConCutMixOptions,
     NormedLinear,
+    normalised_rectification_weight,
     rectification_weight,
     rectified_label,
     semantic_label,
@@ -68,6 +69,32 @@ def test_rho_is_tiny_with_the_released_cifar10_omega():
     counts = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], dtype=torch.float64)
     rho = rectification_weight(torch.eye(10, dtype=torch.float64), counts, 2 / 255).squeeze(1)
     assert 4.5e-4 < rho.min() < 5.5e-4 and 1.0e-3 < rho.max() < 1.2e-3
+
+
+def test_normalised_rho_spans_zero_to_one_between_the_rarest_and_the_commonest_class():
+    counts = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], dtype=torch.float64)
+    rho = normalised_rectification_weight(torch.eye(10, dtype=torch.float64), counts).squeeze(1)
+    assert rho[0] == 1 and rho[-1] == 0 and bool((rho[:-1] > rho[1:]).all())
+    half = torch.zeros(1, 10, dtype=torch.float64)
+    half[0, 0] = half[0, 9] = 0.5  # area-weighted count 2525: log-scaled, most of the way to the head
+    expected = (math.log(2525) - math.log(50)) / (math.log(5000) - math.log(50))
+    assert torch.allclose(normalised_rectification_weight(half, counts).squeeze(1), torch.tensor([expected], dtype=torch.float64))
+    assert normalised_rectification_weight(half, torch.full((10,), 7.0, dtype=torch.float64)).abs().max() == 0
+
+
+def test_rectification_none_keeps_the_area_label_and_normalised_moves_it():
+    counts = torch.tensor([400.0, 20.0])
+    area, semantic = torch.tensor([[0.6, 0.4]]), torch.tensor([[0.2, 0.8]])
+    assert torch.equal(rectified_label(area, semantic, counts, 2 / 255, "none"), area)
+    moved = rectified_label(area, semantic, counts, 2 / 255, "normalised")
+    released = rectified_label(area, semantic, counts, 2 / 255, "released")
+    assert (moved - area).abs().max() > 0.1 > 1e-2 > (released - area).abs().max()
+    assert torch.allclose(moved.sum(dim=1), torch.ones(1))
+
+
+def test_an_unknown_rectification_is_a_config_error():
+    with pytest.raises(ConfigError, match="rectification must be one of released, normalised, none"):
+        ConCutMixOptions(rectification="paper")
 
 
 # --------------------------------------------------------------------------------------------- BCL

@@ -53,17 +53,25 @@ class ConCutMixOptions:
     label_warmup_epochs: int = 100
     topk: int = 3  # classes kept in the semantic label
     omega: float = 2 / 255  # ρ scale (the code's scaling_factor[0] / scaling_factor[1])
+    # released: ρ = ω·log(Σ N_k y_a,k) / Σ log N_k (about 1e-3 on CIFAR-10-LT: the label barely moves);
+    # normalised: the log area-weighted count scaled to [0, 1] between the rarest and the commonest class;
+    # none: ρ = 0, the area label throughout (the ablation's "no rectification")
+    rectification: str = "released"
     foreground_sampler: str = "balance"  # balance | reverse (∝ n_max/n_c) | instance (the long-tailed data)
 
     def __post_init__(self):  # parse_options builds this, so a bad value fails before any data is read
         if self.foreground_sampler not in FOREGROUND_SAMPLERS:
             raise ConfigError(f"method_options.foreground_sampler must be one of {', '.join(FOREGROUND_SAMPLERS)}; "
                               f"got '{self.foreground_sampler}'")
+        if self.rectification not in RECTIFICATIONS:
+            raise ConfigError(f"method_options.rectification must be one of {', '.join(RECTIFICATIONS)}; "
+                              f"got '{self.rectification}'")
         if not 0 <= self.cutmix_prob <= 1 or self.topk < 1 or self.temperature <= 0:
             raise ConfigError("method_options: cutmix_prob must lie in [0, 1], topk >= 1 and temperature > 0")
 
 
 FOREGROUND_SAMPLERS = ("balance", "reverse", "instance")
+RECTIFICATIONS = ("released", "normalised", "none")
 
 
 # ------------------------------------------------------------------------------------------ formulas
@@ -87,9 +95,25 @@ def rectification_weight(area_label: torch.Tensor, class_counts: torch.Tensor, o
     return omega * torch.log(area_label @ counts)[:, None] / torch.log(counts).sum()
 
 
+def normalised_rectification_weight(area_label: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:
+    """ρ = (log Σ_k N_k y_a,k − log N_min) / (log N_max − log N_min), shape (B, 1): the released formula's
+    log area-weighted count, scaled to span [0, 1] (a mix of the rarest classes keeps its area label, a mix of
+    the commonest takes the semantic label), as the paper's text reads ρ rather than as its code computes it."""
+    log_counts = torch.log(class_counts.to(area_label))
+    low, high = log_counts.min(), log_counts.max()
+    if high == low:  # balanced data: no class is more "head" than another, nothing to rectify
+        return torch.zeros(len(area_label), 1, dtype=area_label.dtype, device=area_label.device)
+    return ((torch.log(area_label @ log_counts.exp()) - low) / (high - low)).clamp(0, 1)[:, None]
+
+
 def rectified_label(area_label: torch.Tensor, semantic: torch.Tensor, class_counts: torch.Tensor,
-                    omega: float) -> torch.Tensor:
-    rho = rectification_weight(area_label, class_counts, omega)
+                    omega: float, rectification: str = "released") -> torch.Tensor:
+    if rectification == "none":
+        return area_label
+    if rectification == "normalised":
+        rho = normalised_rectification_weight(area_label, class_counts)
+    else:
+        rho = rectification_weight(area_label, class_counts, omega)
     return rho * semantic + (1.0 - rho) * area_label
 
 
@@ -243,7 +267,8 @@ class ConCutMixMethod(Method):
             classification = classifier_loss(logits, area_label)
         else:
             semantic = semantic_label(outputs["embedding"][:batch_size], outputs["centres"], options.topk)
-            target = rectified_label(area_label, semantic, self.class_counts.to(logits.device), options.omega)
+            target = rectified_label(area_label, semantic, self.class_counts.to(logits.device), options.omega,
+                                     options.rectification)
             classification = classifier_loss(logits, target)
         contrastive = balanced_contrastive_loss(embeddings, global_labels.repeat(2), centres, options.temperature)
         return options.alpha * classification + options.beta * contrastive
