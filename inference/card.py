@@ -40,10 +40,30 @@ class Preprocessing:
     std: list[float]
     interpolation: str = "bilinear"
     crop_pct: float = 1.0  # resize the shorter side to size / crop_pct, then centre-crop
+    # The side of the square images the model was trained on when they are smaller than its input (CIFAR's 32 px,
+    # upsampled to 128 for a pretrained backbone); 0 when the training images were resized straight to the input.
+    # Served images first become such a thumbnail (shorter side to native_size, centre square) and are then
+    # resized as the training images were, so that a sharp photo looks to the model like what it learnt from.
+    native_size: int = 0
 
     @property
     def resize_to(self) -> int:
         return int(round(min(self.input_size[1:]) / self.crop_pct))
+
+    @property
+    def decoded_size(self) -> int:
+        """The shorter side an image is first resized to: native_size when set, else resize_to."""
+        return self.native_size or self.resize_to
+
+    def describe(self) -> str:
+        """The served geometry in words, e.g. "bicubic resize to 32, centre crop 32x32, then to 128, centre crop
+        128x128" (the card document and the app say it so)."""
+        height, width = self.input_size[1:]
+        final = f"resize to {self.resize_to}, centre crop {height}x{width}"
+        if not self.native_size:
+            return f"{self.interpolation} {final}"
+        return (f"{self.interpolation} resize to {self.native_size}, centre crop {self.native_size}x{self.native_size} "
+                f"(the training images' size), then {final}")
 
 
 @dataclass
@@ -250,8 +270,7 @@ def markdown_document(card: ModelCard, title: str) -> str:
         f"- **Model:** {card.model_name}  ",
         f"- **Dataset:** {card.dataset}, imbalance factor {card.imbalance_factor:g}  " if card.imbalance_factor
         else f"- **Dataset:** {card.dataset}  ",
-        f"- **Input:** {pre.interpolation} resize to {pre.resize_to}, centre crop {pre.input_size[1]}x"
-        f"{pre.input_size[2]}, mean {pre.mean}, std {pre.std}  ",
+        f"- **Input:** {pre.describe()}, mean {pre.mean}, std {pre.std}  ",
         f"- **Git revision:** `{card.git_revision}`",
         *([f"- **Quantization:** {quantization_text(card)}"] if card.quantization else []), "",
         "## Training data", "", group_rule_text(card), "",

@@ -232,7 +232,7 @@ class OnnxClassifier:
     @property
     def decoded_shorter_side(self) -> int:
         """The fewest pixels the shorter side of a decoded upload keeps (see REDUCING_GAP)."""
-        return REDUCING_GAP * self.card.preprocessing.resize_to
+        return REDUCING_GAP * self.card.preprocessing.decoded_size
 
     def decode(self, source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
         """An upload decoded no larger than this model needs; an `ImageLoadError` says why it cannot be."""
@@ -336,7 +336,8 @@ class OnnxClassifier:
 
 def preprocess(images: Sequence[Image.Image | DecodedImage], preprocessing: Preprocessing) -> np.ndarray:
     """NCHW float32, equal (within 1 ulp) to torchvision's eval transform on PIL images, as in
-    training/data/transforms.py: Resize(resize_to, interpolation) + CenterCrop(input H, W) + to [0, 1] + Normalize.
+    training/data/transforms.py: Resize(resize_to, interpolation) + CenterCrop(input H, W) + to [0, 1] + Normalize,
+    after, when the card has a native_size, Resize(native_size) + CenterCrop(native_size): the training images' size.
     A `DecodedImage` reduced while decoding is resized with the geometry of its full size: the same output pixels
     from fewer source pixels, within a grey level (REDUCING_GAP)."""
     _, height, width = preprocessing.input_size
@@ -346,6 +347,10 @@ def preprocess(images: Sequence[Image.Image | DecodedImage], preprocessing: Prep
     batch = np.empty((len(images), 3, height, width), dtype=np.float32)
     for i, image in enumerate(images):
         decoded = image if isinstance(image, DecodedImage) else DecodedImage(to_rgb(image), image.size, 1)
+        if preprocessing.native_size:
+            native = preprocessing.native_size
+            thumbnail = _resize_and_crop(decoded, native, interpolation, native, native)
+            decoded = DecodedImage(thumbnail, thumbnail.size, 1)
         image = _resize_and_crop(decoded, preprocessing.resize_to, interpolation, height, width)
         # Multiplying by 1/255 (not dividing by 255) is what training's v2.ToDtype(scale=True) does.
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) * np.float32(1 / 255)

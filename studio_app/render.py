@@ -215,8 +215,9 @@ def card_markdown(card: ModelCard, classifier: OnnxClassifier, label: str | None
         ("Network", _plain(MODEL_NAMES, card.model_name)),
         ("Weights", weights),
         ("Classes", str(card.num_classes)),
-        ("Input", f"shorter side resized to {pre.resize_to} px ({pre.interpolation}), centre {pre.input_size[1]}×"
-                  f"{pre.input_size[2]} px classified"),
+        ("Input", (f"shorter side resized to {pre.native_size} px, centre {pre.native_size}×{pre.native_size} px "
+                   f"(the size of its training images), enlarged to " if pre.native_size else "shorter side resized to ")
+         + f"{pre.resize_to} px ({pre.interpolation}), centre {pre.input_size[1]}×{pre.input_size[2]} px classified"),
         ("Runs on", _provider_text(classifier.provider)),
         ("Precision", quantization_text(card) or "float32"),
     ]

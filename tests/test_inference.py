@@ -139,6 +139,32 @@ def test_preprocess_matches_the_training_eval_transform(interpolation):
     np.testing.assert_allclose(preprocess([image], config)[0], expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("image_size", [(45, 61), (300, 200), (32, 32)])
+def test_a_native_size_reduces_an_upload_to_a_training_sized_thumbnail_first(image_size):
+    """A model trained on 32 px images enlarged to 128 sees an upload as such an image: shorter side to 32, centre
+    square, then enlarged as the training images were; the training eval transform does the same."""
+    from torchvision import transforms
+
+    from training.data import transforms as training_transforms
+
+    config = Preprocessing(input_size=[3, 128, 128], mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic",
+                           native_size=32)
+    bicubic = transforms.InterpolationMode.BICUBIC
+    reference = transforms.Compose([
+        transforms.Resize(32, interpolation=bicubic), transforms.CenterCrop(32),
+        transforms.Resize(128, interpolation=bicubic), transforms.CenterCrop(128),
+        transforms.ToTensor(), transforms.Normalize(config.mean, config.std),
+    ])
+    image = random_image(9, image_size)
+    ours = preprocess([image], config)[0]
+    np.testing.assert_allclose(ours, reference(image).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours, training_transforms.eval_transform(config)(image).numpy(), rtol=0, atol=1e-6)
+    thumbnail = image.resize((32, 32), Image.Resampling.BICUBIC) if image_size[0] == image_size[1] else None
+    if thumbnail is not None:  # a square upload: exactly its 32 px thumbnail, enlarged
+        np.testing.assert_allclose(ours, preprocess([thumbnail], config)[0], rtol=0, atol=1e-6)
+    assert "bicubic resize to 32, centre crop 32x32 (the training images' size), then resize to 128" in config.describe()
+
+
 # --- refusing models ------------------------------------------------------------------------
 
 

@@ -268,6 +268,35 @@ def test_dlsa_learns_on_the_1280_d_features_of_a_pretrained_run(tmp_path, tiny_c
     export_checkpoint(tmp_path / "dlsa", tmp_path / "dlsa.onnx")
 
 
+def test_served_preprocessing_states_the_size_of_small_square_training_images():
+    from types import SimpleNamespace
+
+    from training.data.transforms import served_preprocessing
+
+    cifar = SimpleNamespace(kind="array", train=SimpleNamespace(images=np.zeros((4, 32, 32, 3), np.uint8)))
+    folder = SimpleNamespace(kind="files", train=None)
+    at_128 = create_model("efficientnet_lite0", 3, input_size=128, crop_pct=1.0).preprocessing
+    assert served_preprocessing(at_128, cifar).native_size == 32  # enlarged at training: thumbnail first
+    assert served_preprocessing(at_128, folder) == at_128  # decoded at any size: straight to the input
+    assert served_preprocessing(get_preprocessing("resnet32"), cifar).native_size == 0  # trained at its own size
+
+
+def test_an_upsampling_backbone_serves_a_photo_as_the_thumbnail_it_would_have_trained_on(
+        tmp_path, tiny_config_overrides, pretrained_weights):
+    from inference.classifier import OnnxClassifier
+
+    overrides = tiny_config_overrides + [
+        "model.name=efficientnet_lite0", "model.input_size=64", "model.crop_pct=1.0", "run.amp=none",
+        f"model.pretrained={pretrained_weights}", "optim.epochs=1", "run.threads=1"]
+    trainer.train(load_config("configs/cifar10_lt/ce_efficientnet_lite0.yaml", overrides), tmp_path / "run")
+    export_checkpoint(tmp_path / "run", tmp_path / "model.onnx")
+    classifier = OnnxClassifier(tmp_path / "model.onnx")
+    assert classifier.card.preprocessing.native_size == 32 and classifier.card.preprocessing.input_size == [3, 64, 64]
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 240, 3), dtype=np.uint8))
+    thumbnail = photo.resize((32, 32), Image.Resampling.BICUBIC)  # what a 32 px training image of it would be
+    np.testing.assert_allclose(classifier.preprocess([photo]), classifier.preprocess([thumbnail]), rtol=0, atol=1e-6)
+
+
 def test_synthetic_images_keep_the_datasets_own_size_for_an_upsampling_backbone():
     """CIFAR images are stored at 32 px and upsampled by the augmentation, synthetic ones with them; image files
     are made at the model's input size."""

@@ -20,6 +20,7 @@ import torch
 from inference.card import GROUPS, ModelCard, evaluation_columns, group_accuracy, group_name
 from training.checkpoint import git_revision
 from training.config import Config, ConfigError, RunConfig, apply_overrides, config_from_dict, read_config_tree
+from training.data.transforms import served_preprocessing
 from training.groups import class_groups, rule_description
 from training.run_dir import RunDir
 
@@ -108,7 +109,7 @@ def describe_training(config: Config, bundle, model) -> ModelCard:
     counts = bundle.train_counts
     return ModelCard(
         class_names=bundle.class_names, class_counts=counts, class_groups=class_groups(counts, config.groups),
-        group_rule=rule_description(config.groups), preprocessing=model.preprocessing,
+        group_rule=rule_description(config.groups), preprocessing=served_preprocessing(model.preprocessing, bundle),
         model_name=config.model.name, method=config.method if config.method != "erm" else config.loss.name,
         dataset=config.data.dataset, imbalance_factor=config.data.imbalance_factor, config=config.to_dict(),
         git_revision=git_revision())

@@ -13,6 +13,7 @@ applied a batch at a time on the training device.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -108,6 +109,16 @@ def native_size(bundle) -> tuple[int, int] | None:
     return tuple(bundle.train.images.shape[1:3]) if bundle.kind == "array" else None
 
 
+def served_preprocessing(preprocessing: Preprocessing, bundle) -> Preprocessing:
+    """The preprocessing the exported model states: the model's own, with `native_size` when it learns from
+    square array images smaller than its input (32 px CIFAR enlarged to 128), so that serving first reduces an
+    upload to such an image, as the training images were, before enlarging it the same way."""
+    size = native_size(bundle)
+    if size is None or size[0] != size[1] or size[0] >= min(preprocessing.input_size[1:]):
+        return preprocessing
+    return dataclasses.replace(preprocessing, native_size=int(size[0]))
+
+
 class MultipleViews:
     """One image → a tuple of views, one per transform (a class, not a lambda, so DataLoader workers can
     pickle it)."""
@@ -120,9 +131,13 @@ class MultipleViews:
 
 
 def eval_transform(preprocessing: Preprocessing) -> v2.Compose:
-    """Resizing is a no-op for in-memory CIFAR images that are already at the input size."""
+    """Resizing is a no-op for in-memory CIFAR images that are already at the input (or native) size."""
+    interpolation = _interpolation(preprocessing.interpolation)
+    native = preprocessing.native_size
+    thumbnail = [v2.Resize(native, interpolation=interpolation, antialias=True), v2.CenterCrop(native)] if native else []
     return v2.Compose([
-        v2.Resize(preprocessing.resize_to, interpolation=_interpolation(preprocessing.interpolation), antialias=True),
+        *thumbnail,
+        v2.Resize(preprocessing.resize_to, interpolation=interpolation, antialias=True),
         v2.CenterCrop(preprocessing.input_size[1:]),
         *_to_normalised_tensor(preprocessing),
     ])
