@@ -3,6 +3,8 @@
     python bench/real_photos.py --photos data/real_photos model_zoo/*.onnx
     python bench/real_photos.py --photos data/real_photos model_zoo/cifar10_lt_ce_resnet32.onnx --tau 0 1 1.5
     python bench/real_photos.py --photos data/real_photos model_zoo/*.onnx --json real_photos.json
+    python bench/real_photos.py --photos data/real_photos model_zoo/cifar10_lt_logit_adjusted_efficientnet_lite0.onnx \
+        --also-without-thumbnail
 
 `--photos` is a folder of photos with a `labels.csv` (`file, cifar_class, match, imagenet_det_label`): `match` is
 `exact` when the photo shows its CIFAR-10 class and anything else (`proxy`: antelopes standing in for deer) when it
@@ -19,7 +21,9 @@ a class; this is a check of what an app visitor sees, not a benchmark.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -89,12 +93,23 @@ def table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def without_thumbnail(classifier: OnnxClassifier) -> OnnxClassifier:
+    """The same model (the same ONNX session), its card's native_size dropped: photos resized straight to the input."""
+    variant = copy.copy(classifier)
+    variant.card = dataclasses.replace(classifier.card,
+                                       preprocessing=dataclasses.replace(classifier.card.preprocessing, native_size=0))
+    return variant
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help="exported .onnx classifiers of CIFAR-10's classes")
     parser.add_argument("--photos", type=Path, required=True, help="the folder of photos with its labels.csv")
     parser.add_argument("--tau", type=float, nargs="+", default=[0.0], help="post-hoc logit adjustment(s) to score")
     parser.add_argument("--json", type=Path, help="also write every result here")
+    parser.add_argument("--also-without-thumbnail", action="store_true",
+                        help="for a model whose card has a native_size (trained on small images enlarged), also score "
+                             "it with each photo resized straight to its input: what the thumbnail step buys")
     return parser
 
 
@@ -104,8 +119,12 @@ def main() -> None:
     results = []
     for path in args.models:
         classifier = OnnxClassifier(path)
-        for tau in args.tau:
-            results.append((path.name, score(classifier, args.photos, rows, tau)))
+        variants = [(path.name, classifier)]
+        if args.also_without_thumbnail and classifier.card.preprocessing.native_size:
+            variants.append((f"{path.name} (no thumbnail)", without_thumbnail(classifier)))
+        for name, variant in variants:
+            for tau in args.tau:
+                results.append((name, score(variant, args.photos, rows, tau)))
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([{"model": model, **result} for model, result in results], indent=2))

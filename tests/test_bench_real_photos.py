@@ -9,6 +9,8 @@ from conftest import REPO_ROOT
 from helpers_onnx import make_card, tiny_net_path, write_model
 from PIL import Image
 
+from inference.card import Preprocessing
+
 
 def test_the_real_photo_table_counts_exact_photos_and_keeps_proxies_apart(tmp_path, tmp_path_factory):
     model = write_model(tiny_net_path(tmp_path_factory), tmp_path / "tiny.onnx", make_card())
@@ -33,3 +35,17 @@ def test_the_real_photo_table_counts_exact_photos_and_keeps_proxies_apart(tmp_pa
     missing = subprocess.run([sys.executable, "bench/real_photos.py", "--photos", str(tmp_path), str(model)],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode != 0 and "labels.csv" in missing.stderr
+
+
+def test_a_model_trained_on_enlarged_thumbnails_is_also_scored_without_them(tmp_path, tmp_path_factory):
+    pre = Preprocessing(input_size=[3, 32, 32], mean=[0.5] * 3, std=[0.25] * 3, native_size=16)
+    model = write_model(tiny_net_path(tmp_path_factory), tmp_path / "enlarging.onnx", make_card(preprocessing=pre))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / "a.jpg")
+    (photos / "labels.csv").write_text("file,cifar_class,match,imagenet_det_label\na.jpg,cat,exact,x\n")
+    result = subprocess.run([sys.executable, "bench/real_photos.py", "--photos", str(photos), str(model),
+                             "--also-without-thumbnail"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "| enlarging.onnx | 0 |" in result.stdout and "| enlarging.onnx (no thumbnail) | 0 |" in result.stdout
