@@ -13,8 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+from inference.service import DEFAULT_MODEL  # noqa: F401  (the scripts' --model default: the app's)
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "cifar10_lt_ce_resnet32.onnx"
 DEFAULT_IMAGE = ROOT / "examples" / "cifar10_test_0001_ship.png"
 
 

@@ -31,7 +31,10 @@ def test_every_shipped_model_has_a_complete_card(path):
     assert card.class_counts == [4950, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert card.class_groups == ["many"] * 3 + ["medium"] * 4 + ["few"] * 3 and card.group_rule["rule"] == "rank"
     assert card.method in path.name and card.dataset == "cifar10_lt" and card.imbalance_factor == 100
-    assert card.preprocessing.input_size == [3, 32, 32]
+    if card.config["model"].get("pretrained") in (None, "none"):  # trained from scratch at CIFAR's own size
+        assert card.preprocessing.input_size == [3, 32, 32] and card.preprocessing.native_size == 0
+    else:  # a pretrained backbone on CIFAR enlarged: uploads become 32 px thumbnails first, as its training images
+        assert card.preprocessing.native_size == 32 and card.preprocessing.input_size[1] > 32
     assert {"last_epoch", "val_selected"} <= set(card.metrics)
     assert card.checkpoint["which"] == "val-selected"
     assert card.git_revision not in ("", "unknown")
