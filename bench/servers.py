@@ -29,9 +29,14 @@ def start_servers(models_dir: Path | None = None):
     """(gradio_url, http_url, studio, close): the real app (app.build_app) and the HTTP service
     (inference.server.create_app) over one Studio, the app's (app.build_studio: same models, generator and
     limits for both), each on its own free loopback port."""
+    import importlib.util
+
     import uvicorn
 
-    import app
+    # app.py is a script at the repository root, not part of the installed package: loaded from its file
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
     from inference.server import create_app
 
     studio = app.build_studio(models_dir or ROOT / "model_zoo")

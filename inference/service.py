@@ -33,7 +33,7 @@ from inference.limits import Limits, ParameterError, check
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "cifar10_lt_ce_resnet32.onnx"
+DEFAULT_MODEL = "cifar10_lt_concutmix_efficientnet_lite0.onnx"
 Progress = Callable[[int, int], None]  # (finished denoising steps, total steps)
 
 

@@ -10,7 +10,7 @@ from inference.classifier import OnnxClassifier
 from tests.conftest import REPO_ROOT, require_shared
 
 ZOO = REPO_ROOT / "model_zoo"
-MODEL = ZOO / "cifar10_lt_ce_resnet32.onnx"
+MODEL = ZOO / "cifar10_lt_concutmix_efficientnet_lite0.onnx"
 SHIPPED = sorted(ZOO.glob("*.onnx"))
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -65,4 +65,8 @@ def test_accuracy_on_real_test_images_matches_the_card(path):
     predictions = classifier.predict(images, top_k=1)
     accuracy = 100 * np.mean([p.top[0].index == label for p, label in zip(predictions, labels)])
     expected = classifier.card.metrics["val_selected"]["test"]["overall"]
-    assert abs(accuracy - expected) < 4, (accuracy, expected)  # 1017 images: about ±1.5 points of noise
+    # 1017 images: about ±1.5 points of noise. The models trained from scratch at 32 px score the same on the
+    # original and the JPEG-decoded pixels; the pretrained ones, whose 32 px input is enlarged 4x (JPEG blocks
+    # with it), score 4-7 points higher on the originals (docs/results.md).
+    pretrained = classifier.card.config["model"].get("pretrained") not in (None, "none")
+    assert expected - 4 < accuracy < expected + (10 if pretrained else 4), (accuracy, expected)
