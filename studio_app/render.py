@@ -129,15 +129,18 @@ def shipped_test_accuracy(card: ModelCard) -> dict | None:
     return ((card.metrics or {}).get(key) or {}).get("test") or None
 
 
+def is_pretrained(card: ModelCard) -> bool:
+    """Fine-tuned from pretrained (ImageNet) weights rather than trained from scratch, as its config records."""
+    return ((card.config or {}).get("model") or {}).get("pretrained", "none") not in ("none", "", None)
+
+
 def model_label(name: str, card: ModelCard | None) -> str:
     """The model menu's entry, e.g. "ConCutMix · ResNet-32 · CIFAR-10-LT · 60 epochs · 76% test, 82% tail": the
     training budget says which of two runs of one recipe this is, "(pretrained)" that a backbone started from
     ImageNet weights."""
     if card is None:
         return name
-    backbone = _plain(MODEL_NAMES, card.model_name)
-    if ((card.config or {}).get("model") or {}).get("pretrained", "none") not in ("none", "", None):
-        backbone += " (pretrained)"  # fine-tuned from ImageNet weights, not trained from scratch
+    backbone = _plain(MODEL_NAMES, card.model_name) + (" (pretrained)" if is_pretrained(card) else "")
     parts = [_plain(METHOD_NAMES, card.method), backbone, _plain(DATASET_NAMES, card.dataset)]
     if card.quantization:
         parts.append("int8")
@@ -212,7 +215,9 @@ def card_markdown(card: ModelCard, classifier: OnnxClassifier, label: str | None
         ("Dataset", f"{_plain(DATASET_NAMES, card.dataset)} (`{card.dataset}`) — its training set is long-tailed "
                     "on purpose" if card.dataset else ""),
         ("Imbalance factor", imbalance),
-        ("Network", _plain(MODEL_NAMES, card.model_name)),
+        ("Network", _plain(MODEL_NAMES, card.model_name)
+         + (f" — fine-tuned from {'ImageNet' if card.config['model']['pretrained'] == 'imagenet' else 'pretrained'} "
+            "weights" if is_pretrained(card) else "")),
         ("Weights", weights),
         ("Classes", str(card.num_classes)),
         ("Input", (f"shorter side resized to {pre.native_size} px, centre {pre.native_size}×{pre.native_size} px "
