@@ -105,7 +105,8 @@ def lay_out(view: StartingView) -> Components:
     gr.Markdown(render.INTRO)
     for notice in view.notices:
         gr.Markdown(notice)
-    model = gr.Dropdown(choices=view.model_choices, value=view.default_model, label="Model", interactive=True)
+    model = gr.Dropdown(choices=view.model_choices, value=view.default_model, label="Model", interactive=True,
+                        elem_id="lt-model")
     state = gr.State({"items": []})
     with gr.Tab("Classify"):
         classify = classify_tab(view)

@@ -21,7 +21,8 @@ QUEUE_SIZE = 64  # requests waiting beyond this are turned away with "queue full
 
 # Gradio 6 takes CSS at launch(), which the tests' launches and a Space's do not pass: the page adds it itself.
 # The example gallery: small cells that wrap (Gradio's are at least 100 px, so a fifth column ran off a narrow
-# column behind a sideways scroll) and no fixed height. Toasts at the bottom, off the title and the summary.
+# column behind a sideways scroll) and no fixed height. Toasts at the bottom, off the title and the summary. A
+# long model label ends in an ellipsis before the dropdown arrow instead of running under it (a phone).
 APP_CSS = """
 #lt-example-gallery .grid-wrap { min-height: 0 !important; max-height: none !important; overflow: visible !important; }
 #lt-example-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important;
@@ -29,6 +30,8 @@ APP_CSS = """
 #lt-example-gallery .caption-label { max-width: 100% !important; font-size: 0.72em !important; }
 #lt-example-gallery img { image-rendering: pixelated; }
 .toast-wrap { top: auto !important; bottom: var(--size-4, 1rem) !important; }
+#lt-model .secondary-wrap input { text-overflow: ellipsis; min-width: 0; padding-right: 28px; }
+#lt-model .icon-wrap { flex-shrink: 0; }
 """
 
 # A phone shows the results right under the upload: the examples' accordion is closed there once the page is up.
