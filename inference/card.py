@@ -99,6 +99,13 @@ class ModelCard:
             raise ValueError(f"unknown class groups {sorted(unknown)}; expected {GROUPS}")
 
     @property
+    def pretrained_weights(self) -> str:
+        """Where the training run's weights started (`model.pretrained` of its config: "imagenet", a file, an
+        hf:// reference); "" for a network trained from scratch or a card without a config."""
+        source = ((self.config or {}).get("model") or {}).get("pretrained") or "none"
+        return "" if source == "none" else source
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 

@@ -129,18 +129,13 @@ def shipped_test_accuracy(card: ModelCard) -> dict | None:
     return ((card.metrics or {}).get(key) or {}).get("test") or None
 
 
-def is_pretrained(card: ModelCard) -> bool:
-    """Fine-tuned from pretrained (ImageNet) weights rather than trained from scratch, as its config records."""
-    return ((card.config or {}).get("model") or {}).get("pretrained", "none") not in ("none", "", None)
-
-
 def model_label(name: str, card: ModelCard | None) -> str:
     """The model menu's entry, e.g. "ConCutMix · ResNet-32 · CIFAR-10-LT · 60 epochs · 76% test, 82% tail": the
     training budget says which of two runs of one recipe this is, "(pretrained)" that a backbone started from
     ImageNet weights."""
     if card is None:
         return name
-    backbone = _plain(MODEL_NAMES, card.model_name) + (" (pretrained)" if is_pretrained(card) else "")
+    backbone = _plain(MODEL_NAMES, card.model_name) + (" (pretrained)" if card.pretrained_weights else "")
     parts = [_plain(METHOD_NAMES, card.method), backbone, _plain(DATASET_NAMES, card.dataset)]
     if card.quantization:
         parts.append("int8")
@@ -209,20 +204,22 @@ def card_markdown(card: ModelCard, classifier: OnnxClassifier, label: str | None
     weights = (f"{card.checkpoint.get('which')} checkpoint, epoch {card.checkpoint.get('epoch')} — "
                + ("the epoch with the best validation accuracy" if card.checkpoint.get("which") == "val-selected"
                   else "the final epoch")) if card.checkpoint else ""
+    source = card.pretrained_weights
+    fine_tuned_from = (f" — fine-tuned from {'ImageNet' if source == 'imagenet' else 'pretrained'} weights"
+                       if source else "")
+    thumbnail = (f"shorter side resized to {pre.native_size} px, centre {pre.native_size}×{pre.native_size} px "
+                 "(the size of its training images), enlarged to " if pre.native_size else "shorter side resized to ")
     rows = [
         ("Method", f"{_plain(METHOD_NAMES, card.method)} — {METHOD_MEANINGS.get(card.method, 'as recorded at training')}"
          if card.method else ""),
         ("Dataset", f"{_plain(DATASET_NAMES, card.dataset)} (`{card.dataset}`) — its training set is long-tailed "
                     "on purpose" if card.dataset else ""),
         ("Imbalance factor", imbalance),
-        ("Network", _plain(MODEL_NAMES, card.model_name)
-         + (f" — fine-tuned from {'ImageNet' if card.config['model']['pretrained'] == 'imagenet' else 'pretrained'} "
-            "weights" if is_pretrained(card) else "")),
+        ("Network", _plain(MODEL_NAMES, card.model_name) + fine_tuned_from),
         ("Weights", weights),
         ("Classes", str(card.num_classes)),
-        ("Input", (f"shorter side resized to {pre.native_size} px, centre {pre.native_size}×{pre.native_size} px "
-                   f"(the size of its training images), enlarged to " if pre.native_size else "shorter side resized to ")
-         + f"{pre.resize_to} px ({pre.interpolation}), centre {pre.input_size[1]}×{pre.input_size[2]} px classified"),
+        ("Input", thumbnail + f"{pre.resize_to} px ({pre.interpolation}), centre {pre.input_size[1]}×"
+                              f"{pre.input_size[2]} px classified"),
         ("Runs on", _provider_text(classifier.provider)),
         ("Precision", quantization_text(card) or "float32"),
     ]

@@ -31,7 +31,7 @@ def test_every_shipped_model_has_a_complete_card(path):
     assert card.class_counts == [4950, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert card.class_groups == ["many"] * 3 + ["medium"] * 4 + ["few"] * 3 and card.group_rule["rule"] == "rank"
     assert card.method in path.name and card.dataset == "cifar10_lt" and card.imbalance_factor == 100
-    if card.config["model"].get("pretrained") in (None, "none"):  # trained from scratch at CIFAR's own size
+    if not card.pretrained_weights:  # trained from scratch at CIFAR's own size
         assert card.preprocessing.input_size == [3, 32, 32] and card.preprocessing.native_size == 0
     else:  # a pretrained backbone on CIFAR enlarged: uploads become 32 px thumbnails first, as its training images
         assert card.preprocessing.native_size == 32 and card.preprocessing.input_size[1] > 32
@@ -68,5 +68,4 @@ def test_accuracy_on_real_test_images_matches_the_card(path):
     # 1017 images: about ±1.5 points of noise. The models trained from scratch at 32 px score the same on the
     # original and the JPEG-decoded pixels; the pretrained ones, whose 32 px input is enlarged 4x (JPEG blocks
     # with it), score 4-7 points higher on the originals (docs/results.md).
-    pretrained = classifier.card.config["model"].get("pretrained") not in (None, "none")
-    assert expected - 4 < accuracy < expected + (10 if pretrained else 4), (accuracy, expected)
+    assert expected - 4 < accuracy < expected + (10 if classifier.card.pretrained_weights else 4), (accuracy, expected)

@@ -99,11 +99,11 @@ def normalised_rectification_weight(area_label: torch.Tensor, class_counts: torc
     """ρ = (log Σ_k N_k y_a,k − log N_min) / (log N_max − log N_min), shape (B, 1): the released formula's
     log area-weighted count, scaled to span [0, 1] (a mix of the rarest classes keeps its area label, a mix of
     the commonest takes the semantic label), as the paper's text reads ρ rather than as its code computes it."""
-    log_counts = torch.log(class_counts.to(area_label))
-    low, high = log_counts.min(), log_counts.max()
+    counts = class_counts.to(area_label)
+    low, high = torch.log(counts.min()), torch.log(counts.max())
     if high == low:  # balanced data: no class is more "head" than another, nothing to rectify
         return torch.zeros(len(area_label), 1, dtype=area_label.dtype, device=area_label.device)
-    return ((torch.log(area_label @ log_counts.exp()) - low) / (high - low)).clamp(0, 1)[:, None]
+    return ((torch.log(area_label @ counts) - low) / (high - low)).clamp(0, 1)[:, None]
 
 
 def rectified_label(area_label: torch.Tensor, semantic: torch.Tensor, class_counts: torch.Tensor,
