@@ -4,7 +4,8 @@
 
 Both variants run the same model, data and step helper (training.engine.AmpStep), interleaved round by
 round so that other load on the machine hits both alike; the median images/s of each is printed with
-the ratio. channels_last is on, as in training.
+the ratio. channels_last is on, as in training. The header says whether this CPU has native bf16 kernels
+(training.engine.has_native_bf16): without them (AVX2 only) bf16 is emulated and much slower than fp32.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from models import create_model
-from training.engine import AmpStep
+from training.engine import AmpStep, has_native_bf16
 
 
 def images_per_second(model, optimizer, amp: AmpStep, images, labels, steps: int) -> float:
@@ -52,7 +53,8 @@ def main() -> None:
         for name, amp in variants.items():
             results[name].append(images_per_second(model, optimizer, amp, images, labels, args.steps))
     medians = {name: statistics.median(values) for name, values in results.items()}
-    print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"CPU {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if has_native_bf16('cpu') else 'no'}")
     for name, value in medians.items():
         print(f"  {name}: {value:7.1f} images/s (median of {args.rounds} rounds x {args.steps} steps)")
     print(f"  bf16 / fp32 = {medians['bf16'] / medians['fp32']:.2f}x")

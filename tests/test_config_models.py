@@ -124,6 +124,23 @@ def test_amp_and_device_rules_are_shared():
         AmpStep("fp16", torch.device("cpu"))  # run.device=auto resolved to the CPU
 
 
+def test_bf16_on_a_cpu_that_emulates_it_warns_and_says_what_to_set(monkeypatch):
+    import warnings
+
+    from training import engine
+
+    assert engine.has_native_bf16("cuda")
+    monkeypatch.setattr(engine, "has_native_bf16", lambda device_type: False)
+    with pytest.warns(UserWarning, match="--set run.amp=none"):
+        engine.AmpStep("bf16", torch.device("cpu"))
+    monkeypatch.setattr(engine, "has_native_bf16", lambda device_type: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.AmpStep("bf16", torch.device("cpu"))
+        monkeypatch.setattr(engine, "has_native_bf16", lambda device_type: False)
+        engine.AmpStep("none", torch.device("cpu"))  # fp32 never warns
+
+
 def test_one_schedule_for_classifier_and_generator():
     from training.config import OptimConfig
     from training.engine import learning_rate, scheduled_lr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -16,11 +17,23 @@ from training.distributed import all_reduce_sum, is_main
 from training.groups import shot_accuracy
 
 
+def has_native_bf16(device_type: str) -> bool:
+    """Whether bf16 autocast gets bf16 kernels here: always on CUDA; on a CPU only where oneDNN supports bf16
+    (AVX-512 and newer). On an AVX2-only CPU bf16 is emulated, and a bf16 training step ran 11x slower than fp32
+    on one such 2-core machine (docs/benchmarks.md), where it is 1.8x faster on an AVX-512 one."""
+    return device_type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class AmpStep:
     """Autocast + backward + optimizer step in one place (fp16 gets a gradient scaler; bf16 and fp32 do not)."""
 
     def __init__(self, amp: str, device: torch.device):
         check_amp(amp, device.type)
+        if amp == "bf16" and not has_native_bf16(device.type):
+            # A warning, not a silent switch to fp32: the precision is part of the recipe a run is resumed with.
+            warnings.warn(f"run.amp=bf16 on a CPU without bf16 support ({torch.backends.cpu.get_cpu_capability()}): "
+                          "bf16 is emulated here and trains many times slower than fp32 (python bench/bench_amp.py "
+                          "measures it). Add --set run.amp=none unless you are resuming a bf16 run.", stacklevel=2)
         self.device_type = device.type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
