@@ -31,32 +31,28 @@ from PIL import Image
 from inference.card import Preprocessing
 from inference.classifier import REDUCING_GAP, OnnxClassifier, preprocess
 from inference.images import ImageLoadError, decode_image, load_image, to_rgb
-from inference.service import DecodeSlots, GeneratorService, Limits, ModelCatalog, RequestError, Studio
+from inference.service import DecodeSlots, Limits, ModelCatalog, RequestError, Studio
 from studio_app import render
-from tests.helpers_onnx import make_card, tiny_net_path, write_model
+from tests.helpers_onnx import make_card
 from tests.helpers_servers import gradio_launched, uvicorn_in_thread
+from tests.helpers_uploads import (
+    MODEL,
+    app_handlers_over,
+    encode,
+    http_client,
+    picture,
+    png_chunk,
+    reference_records,
+    tiny_model_folder,
+    write_uploads,
+)
 
-MODEL = "tiny.onnx"
 ACCEPTED = "(accepted: PNG, JPEG, GIF, WebP, BMP, TIFF)"
 FLAT = "is almost one flat colour"
 TRUNCATED = "is truncated or corrupt"
 
 
 # --- Building the files -----------------------------------------------------------------------------
-
-
-def encode(image: Image.Image, image_format: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format, **params)
-    return buffer.getvalue()
-
-
-def picture(width: int = 40, height: int = 24) -> Image.Image:
-    """Gradients with a red block at the top left (as tests/test_uploads.py draws them)."""
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (3 * x + 5 * y) % 256], -1).astype(np.uint8)
-    pixels[: height // 3, : width // 4] = (250, 20, 20)
-    return Image.fromarray(pixels)
 
 
 def grey() -> np.ndarray:
@@ -75,10 +71,6 @@ def jpeg_scan_ending_halfway() -> bytes:
     scan = data.index(b"\xff\xda")
     start = scan + 2 + struct.unpack(">H", data[scan + 2:scan + 4])[0]
     return data[:start + (len(data) - start) // 2] + b"\xff\xd9"
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_stream_ending_early(interlace: int = 0) -> bytes:
@@ -171,44 +163,27 @@ def no_postscript_is_ever_parsed(monkeypatch):
 
 @pytest.fixture(scope="module")
 def uploads(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("hostile")
-    paths = {}
-    for case in CASES:
-        (folder / case.id).mkdir()
-        paths[case.id] = folder / case.id / case.file_name
-        paths[case.id].write_bytes(case.build()[0])
-    return paths
+    return write_uploads(tmp_path_factory.mktemp("hostile"), CASES)
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("zoo")
-    write_model(tiny_net_path(tmp_path_factory), folder / MODEL, make_card())
-    return folder
+    return tiny_model_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def expected(models_dir) -> dict[str, dict]:
-    """Each classified case's reference record, its reference image uploaded as an 8-bit PNG."""
-    classifier = OnnxClassifier(models_dir / MODEL)
-    return {case.id: classifier.predict([load_image(encode(case.build()[1], "PNG"))], top_k=3)[0].to_dict()
-            for case in CASES if case.error is None}
+    return reference_records(models_dir, CASES)
 
 
 @pytest.fixture(scope="module")
 def app_handlers(models_dir):
-    import app
-    from studio_app.handlers import Handlers
-
-    return Handlers(app.build_studio(models_dir))
+    return app_handlers_over(models_dir)
 
 
 @pytest.fixture(scope="module")
 def http(models_dir):
-    from inference.server import create_app
-
-    studio = Studio(ModelCatalog(models_dir), GeneratorService(None), Limits())
-    with uvicorn_in_thread(create_app(studio)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with http_client(models_dir) as client:
         yield client
 
 

@@ -25,34 +25,24 @@ import pytest
 from PIL import Image
 
 from inference.classifier import OnnxClassifier
-from inference.images import load_image
-from inference.service import GeneratorService, Limits, ModelCatalog, Studio
-from tests.helpers_onnx import make_card, tiny_net_path, write_model
-from tests.helpers_servers import gradio_launched, uvicorn_in_thread
+from tests.helpers_onnx import make_card
+from tests.helpers_servers import gradio_launched
+from tests.helpers_uploads import (
+    MODEL,
+    app_handlers_over,
+    encode,
+    http_client,
+    picture,
+    png_chunk,
+    reference_records,
+    tiny_model_folder,
+    write_uploads,
+)
 
-MODEL = "tiny.onnx"
 TOO_LARGE = "above the limit of 40 megapixels"
 
 
 # --- Building the files -----------------------------------------------------------------------------
-
-
-def encode(image: Image.Image, image_format: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format, **params)
-    return buffer.getvalue()
-
-
-def picture(width: int = 40, height: int = 24) -> Image.Image:
-    """Gradients with a red block at the top left: no symmetry, so a rotation or a wrong frame shows."""
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (3 * x + 5 * y) % 256], -1).astype(np.uint8)
-    pixels[: height // 3, : width // 4] = (250, 20, 20)
-    return Image.fromarray(pixels)
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_by_hand(width: int, height: int, bit_depth: int, colour_type: int, row: bytes | None,
@@ -232,31 +222,17 @@ BY_ID = {case.id: case for case in CASES}
 
 @pytest.fixture(scope="module")
 def uploads(tmp_path_factory) -> dict[str, Path]:
-    """Every case's file, built once, under its upload name."""
-    folder = tmp_path_factory.mktemp("uploads")
-    paths = {}
-    for case in CASES:
-        (folder / case.id).mkdir()
-        paths[case.id] = folder / case.id / case.file_name
-        paths[case.id].write_bytes(case.build()[0])
-    return paths
+    return write_uploads(tmp_path_factory.mktemp("uploads"), CASES)
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("zoo")
-    write_model(tiny_net_path(tmp_path_factory), folder / MODEL, make_card())
-    return folder
+    return tiny_model_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def expected(models_dir) -> dict[str, dict]:
-    """For each case that must be classified: its reference image's record, straight from the classifier."""
-    classifier = OnnxClassifier(models_dir / MODEL)
-    references = {case.id: case.build()[1] for case in CASES if case.error is None}
-    # Through PNG bytes and the loader, as an upload of the reference would go.
-    return {case_id: classifier.predict([load_image(encode(image, "PNG"))], top_k=3)[0].to_dict()
-            for case_id, image in references.items()}
+    return reference_records(models_dir, CASES)
 
 
 @pytest.fixture(scope="module")
@@ -268,19 +244,12 @@ def demo(models_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_handlers(models_dir):
-    """The app's handlers over the app's own Studio (app.build_studio), called directly."""
-    import app
-    from studio_app.handlers import Handlers
-
-    return Handlers(app.build_studio(models_dir))
+    return app_handlers_over(models_dir)
 
 
 @pytest.fixture(scope="module")
 def http(models_dir):
-    studio = Studio(ModelCatalog(models_dir), GeneratorService(None), Limits())
-    from inference.server import create_app
-
-    with uvicorn_in_thread(create_app(studio)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with http_client(models_dir) as client:
         yield client
 
 
