@@ -56,14 +56,15 @@ class Preprocessing:
         return self.native_size or self.resize_to
 
     def describe(self) -> str:
-        """The served geometry in words, e.g. "bicubic resize to 32, centre crop 32x32, then to 128, centre crop
-        128x128" (the card document and the app say it so)."""
+        """The served geometry in words, the one wording of the card document and the app's card, e.g.
+        "shorter side to 32 px (bicubic), centre 32×32 px (the size of its training images), then to 128 px,
+        centre 128×128 px"."""
         height, width = self.input_size[1:]
-        final = f"resize to {self.resize_to}, centre crop {height}x{width}"
+        final = f"{self.resize_to} px, centre {height}×{width} px"
         if not self.native_size:
-            return f"{self.interpolation} {final}"
-        return (f"{self.interpolation} resize to {self.native_size}, centre crop {self.native_size}x{self.native_size} "
-                f"(the training images' size), then {final}")
+            return f"shorter side to {final} ({self.interpolation})"
+        return (f"shorter side to {self.native_size} px ({self.interpolation}), centre {self.native_size}×"
+                f"{self.native_size} px (the size of its training images), then to {final}")
 
 
 @dataclass

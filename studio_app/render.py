@@ -207,8 +207,6 @@ def card_markdown(card: ModelCard, classifier: OnnxClassifier, label: str | None
     source = card.pretrained_weights
     fine_tuned_from = (f" — fine-tuned from {'ImageNet' if source == 'imagenet' else 'pretrained'} weights"
                        if source else "")
-    thumbnail = (f"shorter side resized to {pre.native_size} px, centre {pre.native_size}×{pre.native_size} px "
-                 "(the size of its training images), enlarged to " if pre.native_size else "shorter side resized to ")
     rows = [
         ("Method", f"{_plain(METHOD_NAMES, card.method)} — {METHOD_MEANINGS.get(card.method, 'as recorded at training')}"
          if card.method else ""),
@@ -218,8 +216,7 @@ def card_markdown(card: ModelCard, classifier: OnnxClassifier, label: str | None
         ("Network", _plain(MODEL_NAMES, card.model_name) + fine_tuned_from),
         ("Weights", weights),
         ("Classes", str(card.num_classes)),
-        ("Input", thumbnail + f"{pre.resize_to} px ({pre.interpolation}), centre {pre.input_size[1]}×"
-                              f"{pre.input_size[2]} px classified"),
+        ("Input", f"{pre.describe()}, classified"),
         ("Runs on", _provider_text(classifier.provider)),
         ("Precision", quantization_text(card) or "float32"),
     ]

@@ -150,6 +150,7 @@ def test_card_in_plain_words_and_captions(models_dir):
                      "tinynet", "**Runs on:** CPU, with ONNX Runtime", "`tiny.onnx`"):
         assert expected in text
     assert "abc1234" not in text and "ExecutionProvider" not in text
+    assert f"**Input:** {classifier.card.preprocessing.describe()}, classified" in text  # the card document's words
     [prediction] = classifier.predict([Image.new("RGB", (32, 32))], top_k=3)
     assert re.fullmatch(r"\w+ · (head|medium|tail) class · [\d,]+ training images? · \d\.\d\d", render.caption(prediction))
     assert render.prediction_markdown("x.png", prediction).startswith(f"**{prediction.top[0].name}** · ")

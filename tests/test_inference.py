@@ -162,7 +162,8 @@ def test_a_native_size_reduces_an_upload_to_a_training_sized_thumbnail_first(ima
     thumbnail = image.resize((32, 32), Image.Resampling.BICUBIC) if image_size[0] == image_size[1] else None
     if thumbnail is not None:  # a square upload: exactly its 32 px thumbnail, enlarged
         np.testing.assert_allclose(ours, preprocess([thumbnail], config)[0], rtol=0, atol=1e-6)
-    assert "bicubic resize to 32, centre crop 32x32 (the training images' size), then resize to 128" in config.describe()
+    assert config.describe() == ("shorter side to 32 px (bicubic), centre 32×32 px (the size of its training images), "
+                                 "then to 128 px, centre 128×128 px")
 
 
 # --- refusing models ------------------------------------------------------------------------
