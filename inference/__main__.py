@@ -88,12 +88,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-parallel-decodes", type=positive_integer, default=limits.max_parallel_decodes,
                        help="most images decoded at the same time over all requests; each holds its pixels while "
                             "it decodes (default %(default)d)")
-    # inference.server.DEFAULT_BODY_TIMEOUT and DEFAULT_HEADER_TIMEOUT, not imported: FastAPI loads for `serve` only.
+    # inference.server.DEFAULT_{BODY,HEADER,WRITE}_TIMEOUT, not imported: FastAPI loads for `serve` only.
     serve.add_argument("--body-timeout", type=positive_number, default=30.0,
                        help="seconds a request body may take to arrive whole; a slower one gets 408 (default %(default)g)")
     serve.add_argument("--header-timeout", type=positive_number, default=10.0,
                        help="seconds a request's line and headers may take to arrive; the connection of a slower one "
                             "is closed (default %(default)g)")
+    serve.add_argument("--write-timeout", type=positive_number, default=60.0,
+                       help="seconds an answer may wait for a client that has stopped reading it; then its "
+                            "connection is closed (default %(default)g)")
     return parser
 
 
@@ -225,7 +228,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     studio = Studio(catalog, GeneratorService(args.generator or None, revision=args.generator_revision), limits)
     run_server(studio, host=args.host, port=args.port, body_timeout=args.body_timeout,
-               header_timeout=args.header_timeout)
+               header_timeout=args.header_timeout, write_timeout=args.write_timeout)
     return 0
 
 

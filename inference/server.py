@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BODY_TIMEOUT = 30.0  # seconds for a whole request body to arrive
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's line and headers to arrive
+DEFAULT_WRITE_TIMEOUT = 60.0  # seconds an answer may wait, unread, for the client to take more of it
 
 # Multipart wraps each file in a few hundred bytes of headers; these bounds are generous on purpose, so the
 # body limit only ever stops requests that the per-file and per-batch limits would refuse anyway.
@@ -473,16 +474,21 @@ class UnexpectedErrors:
                 await JSONResponse({"detail": self.detail}, status_code=500)(scope, receive, send)
 
 
-def header_timeout_protocol(seconds: float) -> type:
-    """uvicorn's h11 protocol with a deadline for each request's line and headers: `seconds` from the moment the
-    connection opens, or from the previous answer on a kept-alive one; a connection that has not sent them whole
-    by then is closed. uvicorn has no such timeout (its keep-alive timer stops at the first byte of the next
-    request), so a client that sends a few bytes of headers and stalls would hold its socket for ever."""
+def deadline_protocol(header_seconds: float, write_seconds: float) -> type:
+    """uvicorn's h11 protocol with two deadlines uvicorn lacks, each closing the connection of a client that stalls:
+
+    - a request's line and headers must arrive within `header_seconds` of the connection opening, or of the previous
+      answer on a kept-alive one (uvicorn's keep-alive timer stops at the first byte of the next request, so a
+      client that sends a few bytes of headers and stalls would hold its socket for ever);
+    - an answer the client stops reading (the socket's and the transport's buffers full) may wait `write_seconds`
+      for it to read on; then the connection is cut, which also ends the request's task (uvicorn would keep it,
+      with the rest of its answer in memory, waiting for ever)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderTimeoutH11Protocol(H11Protocol):
+    class DeadlineH11Protocol(H11Protocol):
         header_deadline: asyncio.TimerHandle | None = None
+        write_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -497,18 +503,33 @@ def header_timeout_protocol(seconds: float) -> type:
             self._arm_header_deadline()  # before: answering may start a pipelined request at once, which disarms it
             super().on_response_complete()
 
+        def pause_writing(self) -> None:  # the transport's buffer is above its high-water mark: nobody is reading
+            super().pause_writing()
+            self._disarm_write_deadline()
+            self.write_deadline = self.loop.call_later(write_seconds, self._reader_too_slow)
+
+        def resume_writing(self) -> None:
+            self._disarm_write_deadline()
+            super().resume_writing()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_deadline()
+            self._disarm_write_deadline()
             super().connection_lost(exc)
 
         def _arm_header_deadline(self) -> None:
             self._disarm_header_deadline()
-            self.header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+            self.header_deadline = self.loop.call_later(header_seconds, self._headers_too_slow)
 
         def _disarm_header_deadline(self) -> None:
             if self.header_deadline is not None:
                 self.header_deadline.cancel()
                 self.header_deadline = None
+
+        def _disarm_write_deadline(self) -> None:
+            if self.write_deadline is not None:
+                self.write_deadline.cancel()
+                self.write_deadline = None
 
         def _headers_too_slow(self) -> None:
             # No answer is possible: HTTP has no response before a request has been read. The socket is closed.
@@ -519,23 +540,31 @@ def header_timeout_protocol(seconds: float) -> type:
                     pass
                 self.transport.close()
 
-    return HeaderTimeoutH11Protocol
+        def _reader_too_slow(self) -> None:
+            # abort, not close: close would wait, for ever, to flush the buffered answer to a client that does not read.
+            # connection_lost follows; it marks the request disconnected and releases its waiting send.
+            self.write_deadline = None
+            log.warning("a client stopped reading its answer for %g s; its connection is closed", write_seconds)
+            self.transport.abort()
+
+    return DeadlineH11Protocol
 
 
 def server_config(studio: Studio, host: str = "127.0.0.1", port: int = 8000,
-                  body_timeout: float = DEFAULT_BODY_TIMEOUT, header_timeout: float = DEFAULT_HEADER_TIMEOUT):
+                  body_timeout: float = DEFAULT_BODY_TIMEOUT, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                  write_timeout: float = DEFAULT_WRITE_TIMEOUT):
     """The uvicorn configuration `serve` runs: the API over `studio`, its timeouts, uvicorn logging only warnings."""
     import uvicorn
 
     return uvicorn.Config(create_app(studio, body_timeout), host=host, port=port, log_level="warning",
-                          http=header_timeout_protocol(header_timeout))
+                          http=deadline_protocol(header_timeout, write_timeout))
 
 
 def serve(studio: Studio, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-          header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT, write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> None:
     """Run the service with uvicorn until interrupted; we log where the docs are."""
     import uvicorn
 
     log.setLevel(logging.INFO)
     log.info("LongTail Studio API on http://%s:%d (docs: http://%s:%d/docs)", host, port, host, port)
-    uvicorn.Server(server_config(studio, host, port, body_timeout, header_timeout)).run()
+    uvicorn.Server(server_config(studio, host, port, body_timeout, header_timeout, write_timeout)).run()

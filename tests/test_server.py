@@ -2,6 +2,7 @@
 generator, spoken to over HTTP with httpx. Limits are set small so each one can be hit with small requests."""
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -369,6 +370,47 @@ def test_a_connection_whose_headers_stall_is_closed_after_the_header_timeout(stu
             assert client.get("/healthz").status_code == 200
 
 
+def test_a_client_that_stops_reading_its_answer_is_cut_off_after_the_write_timeout():
+    """The answer (64 MB) cannot fit the socket buffers: without the write deadline its task would wait for ever."""
+    import uvicorn
+
+    from inference.server import deadline_protocol
+
+    ended = threading.Event()
+
+    async def large_answer(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        for _ in range(64):
+            await send({"type": "http.response.body", "body": bytes(1 << 20), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        ended.set()
+
+    config = uvicorn.Config(large_answer, host="127.0.0.1", port=0, log_level="error", lifespan="off",
+                            http=deadline_protocol(header_seconds=10.0, write_seconds=1.0))
+    with uvicorn_in_thread(None, config=config) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = socket.socket()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        connection.connect((host, int(port)))
+        started = time.monotonic()
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")  # and read nothing
+        assert ended.wait(30), "the request's task still waits for a client that does not read"
+        assert 1.0 <= time.monotonic() - started < 30
+        connection.settimeout(30)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):  # cut off (a reset), after what the buffers held
+            while chunk := connection.recv(1 << 20):
+                received += len(chunk)
+        connection.close()
+        assert received < 64 << 20
+        # A client that reads gets the whole answer.
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert len(client.get("/").content) == 64 << 20
+
+
 # --- Listing, health, docs --------------------------------------------------------------------------
 
 
@@ -402,7 +444,17 @@ def test_serve_cli_help():
     assert result.returncode == 0 and "--models-dir" in result.stdout and "--max-pixels" in result.stdout
     assert "--body-timeout" in result.stdout
     assert "--max-request-pixels" in result.stdout and "--max-parallel-decodes" in result.stdout
-    assert "--header-timeout" in result.stdout
+    assert "--header-timeout" in result.stdout and "--write-timeout" in result.stdout
+
+
+def test_serve_defaults_are_the_servers():
+    """The CLI writes the server's default timeouts out (so that --help loads no FastAPI); they must agree."""
+    from inference import server
+    from inference.__main__ import get_args_parser
+
+    args = get_args_parser().parse_args(["serve"])
+    assert (args.body_timeout, args.header_timeout, args.write_timeout) == (
+        server.DEFAULT_BODY_TIMEOUT, server.DEFAULT_HEADER_TIMEOUT, server.DEFAULT_WRITE_TIMEOUT)
 
 
 def test_serve_options_set_every_limit_of_the_table():
