@@ -27,6 +27,7 @@ from inference.generator_folder import (
     write_generator_info,
 )
 from inference.generators import GeneratorError, image_seeds, open_generator, seeded_generators
+from training.config import ConfigError
 from training.data.synthetic_set import read_synthetic_set, top_up_counts
 
 TINY_GENERATOR = ["image_size=16", "unet.block_out_channels=[16, 32]", "unet.attention=[false, true]",
@@ -81,6 +82,14 @@ def test_train_generator_writes_a_loadable_generator(tiny_generator):
     assert np.asarray(guided[0]).shape == (16, 16, 3)
 
 
+def test_a_generator_samples_in_bf16_only_where_the_device_has_bf16_kernels(tiny_generator, monkeypatch):
+    import inference.generators
+
+    for native in (False, True):  # AVX2-only CPUs emulate bf16, 20-36x slower than fp32 for this UNet
+        monkeypatch.setattr(inference.generators, "has_native_bf16", lambda device_type: native)
+        assert open_generator(tiny_generator[1]).bf16 is native
+
+
 def test_each_image_depends_only_on_seed_class_and_index(tiny_generator):
     generator = open_generator(tiny_generator[1])
     generator.bf16 = False  # bf16 kernels may round differently at another batch size
@@ -120,6 +129,32 @@ def test_generator_resume_gives_identical_weights(tmp_path, tiny_cifar_npz, monk
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(straight[name], resumed[name], rtol=0, atol=0)
+
+
+def test_a_generator_trains_on_from_an_exported_one(tmp_path, tiny_cifar_npz, tiny_generator):
+    from safetensors.torch import load_file
+
+    import training.generator_training as trainer
+
+    source = tiny_generator[1]
+    settings = [f"data.root={tiny_cifar_npz}", *TINY_GENERATOR, f"train.init_from={source}", "train.lr=0"]
+    config = trainer.load_generator_config("configs/generator/cifar10_lt.yaml", settings)
+    folder = trainer.train_generator(config, tmp_path / "continued")
+    weights = [load_file(next((path / "unet").glob("*.safetensors"))) for path in (source, folder)]
+    for name in weights[0]:  # at learning rate 0 the UNet and its EMA stay what the exported one was
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=0)
+    info = read_generator_info(folder)
+    assert info.training["continued_from"]["steps"] == 4 and info.training["steps"] == 4
+    assert "8 steps in all" in (folder / "README.md").read_text()
+
+    wider = [*settings, "unet.block_out_channels=[16, 48]"]
+    with pytest.raises(ConfigError, match="does not match this config's unet section"):
+        trainer.train_generator(trainer.load_generator_config("configs/generator/cifar10_lt.yaml", wider),
+                                tmp_path / "wider")
+    missing = [*settings[:-2], f"train.init_from={tmp_path / 'nowhere'}"]
+    with pytest.raises(ConfigError, match="train.init_from"):
+        trainer.train_generator(trainer.load_generator_config("configs/generator/cifar10_lt.yaml", missing),
+                                tmp_path / "missing")
 
 
 def test_generator_config_errors_are_clear(tmp_path):

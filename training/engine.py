@@ -11,17 +11,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.precision import has_native_bf16
 from training.config import Config, OptimConfig, check_amp
 from training.data.loading import make_loader
 from training.distributed import all_reduce_sum, is_main
 from training.groups import shot_accuracy
-
-
-def has_native_bf16(device_type: str) -> bool:
-    """Whether bf16 autocast gets bf16 kernels here: always on CUDA; on a CPU only where oneDNN supports bf16
-    (AVX-512 and newer). On an AVX2-only CPU bf16 is emulated, and a bf16 training step ran 11x slower than fp32
-    on one such 2-core machine (docs/benchmarks.md), where it is 1.8x faster on an AVX-512 one."""
-    return device_type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class AmpStep:

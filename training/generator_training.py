@@ -29,7 +29,14 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from inference.generator_folder import CARD_FILE, GeneratorInfo, pipeline_config, write_generator_info
+from inference.generator_folder import (
+    CARD_FILE,
+    GeneratorError,
+    GeneratorInfo,
+    pipeline_config,
+    read_generator_info,
+    write_generator_info,
+)
 from training.checkpoint import git_revision, restore_model, restore_optimizer
 from training.config import ConfigError, DataConfig, RunConfig, parse_options, read_config_tree, validate_run
 from training.data.lt_data import build_datasets
@@ -61,6 +68,9 @@ class GeneratorTrainingConfig:
     checkpoint_every: int = 250
     default_steps: int = 20  # DDIM steps recorded as the sampling default
     default_guidance: float = 1.0
+    # A generator folder (generator.json) whose UNet starts this run instead of random weights: training an
+    # exported generator further, with a fresh optimizer and schedule. Same classes and UNet layout required.
+    init_from: str = ""
 
 
 @dataclass
@@ -131,6 +141,28 @@ def build_unet(config: GeneratorConfig, num_classes: int):
                        attention_head_dim=max(8, unet.block_out_channels[-1] // 4))
 
 
+def load_exported_unet(unet, folder: str | Path, class_names: list[str]) -> None:
+    """Copy an exported generator's (EMA) UNet weights into `unet`; a ConfigError says what does not fit."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        info = read_generator_info(folder)
+    except GeneratorError as error:
+        raise ConfigError(f"train.init_from: {error}") from error
+    if info.class_names != list(class_names):
+        raise ConfigError(f"train.init_from: {folder} was trained on the classes {info.class_names}, "
+                          f"not {list(class_names)}")
+    weights = sorted((folder / "unet").glob("*.safetensors"))
+    if not weights:
+        raise ConfigError(f"train.init_from: {folder / 'unet'} holds no .safetensors weights")
+    try:
+        unet.load_state_dict(load_file(weights[0]))
+    except RuntimeError as error:  # missing / unexpected keys or other shapes: another UNet layout
+        raise ConfigError(f"train.init_from: {folder}'s UNet does not match this config's unet section "
+                          f"(set unet.* and image_size as it was trained): {str(error).splitlines()[0]}") from error
+
+
 def noise_schedulers(config: GeneratorConfig):
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -198,6 +230,11 @@ def train_generator(config: GeneratorConfig, output_dir: str | Path, resume: boo
     null_class = num_classes if config.train.class_dropout > 0 else None
 
     step, seconds, log = 0, 0.0, []
+    if config.train.init_from and not resume:
+        load_exported_unet(unet, config.train.init_from, bundle.class_names)
+        ema = Ema(unet, config.train.ema_decay)
+        modules["ema"] = ema.model
+        print(f"starting from the UNet of {config.train.init_from}")
     if resume:
         tensors, info = run.load("last")
         restore_model(modules, tensors, info)
@@ -275,7 +312,8 @@ def export_generator(output_dir: Path, ema_unet, config: GeneratorConfig, bundle
         default_guidance=config.train.default_guidance,
         training={"steps": step, "batch_size": config.train.batch_size, "train_seconds": round(seconds, 1),
                   "device": str(next(ema_unet.parameters()).device), "git_revision": git_revision(),
-                  "parameters": sum(p.numel() for p in ema_unet.parameters())},
+                  "parameters": sum(p.numel() for p in ema_unet.parameters()),
+                  **earlier_training(config.train.init_from)},
         config=config.to_dict(),
     )
     pipeline = ClassConditionalPipeline(ema_unet, sampling_scheduler, **pipeline_config(info))
@@ -285,6 +323,17 @@ def export_generator(output_dir: Path, ema_unet, config: GeneratorConfig, bundle
     write_generator_info(target, info)
     print(f"generator written to {target} ({step} steps, {seconds / 60:.1f} min)")
     return target
+
+
+def earlier_training(init_from: str) -> dict:
+    """What the generator a run started from had been through (its card repeats it), or nothing."""
+    if not init_from:
+        return {}
+    earlier = read_generator_info(init_from).training
+    before = earlier.get("continued_from", {"steps": 0, "train_seconds": 0.0})  # a chain counts in full
+    return {"continued_from": {"name": str(init_from), "steps": earlier["steps"] + before["steps"],
+                               "train_seconds": round(earlier["train_seconds"] + before["train_seconds"], 1),
+                               "git_revision": earlier["git_revision"]}}
 
 
 def resume_generator_config(output_dir: str | Path, config_path: str | None = None, overrides=()) -> GeneratorConfig:
@@ -307,7 +356,7 @@ tail classes. Trained by `python -m training train-generator` with the DDPM nois
 - Training: {training["steps"]} steps of {training["batch_size"]} images, classes drawn by
   `{config["train"]["sampler"]}`, class dropout {config["train"]["class_dropout"]} (classifier-free guidance
   {"available" if info.supports_guidance else "not available"}); {training["train_seconds"] / 60:.1f} min on
-  {training["device"]}; source revision {training["git_revision"]}.
+  {training["device"]}; source revision {training["git_revision"]}.{continued_from(training)}
 - Sampling defaults: {info.default_steps} DDIM steps, guidance {info.default_guidance}.
 
 ```bash
@@ -320,6 +369,15 @@ images = open_generator("<this folder>").generate(class_index={len(info.class_na
 ```
 
 {diffusers_loading(info)}"""
+
+
+def continued_from(training: dict) -> str:
+    earlier = training.get("continued_from")
+    if not earlier:
+        return ""
+    return (f"\n  Started from the generator in `{earlier['name']}` ({earlier['steps']} steps, "
+            f"{earlier['train_seconds'] / 60:.1f} min, revision {earlier['git_revision']}): "
+            f"{earlier['steps'] + training['steps']} steps in all.")
 
 
 def diffusers_loading(info: GeneratorInfo) -> str:
