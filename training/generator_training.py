@@ -223,6 +223,9 @@ def train_generator(config: GeneratorConfig, output_dir: str | Path, resume: boo
     labels = bundle.train.labels
     num_classes = bundle.num_classes
     unet = build_unet(config, num_classes).to(device)
+    if config.train.init_from and not resume:  # a resumed run restores its own weights below
+        load_exported_unet(unet, config.train.init_from, bundle.class_names)
+        print(f"starting from the UNet of {config.train.init_from}")
     ema = Ema(unet, config.train.ema_decay)
     modules = torch.nn.ModuleDict({"unet": unet, "ema": ema.model})
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -230,11 +233,6 @@ def train_generator(config: GeneratorConfig, output_dir: str | Path, resume: boo
     null_class = num_classes if config.train.class_dropout > 0 else None
 
     step, seconds, log = 0, 0.0, []
-    if config.train.init_from and not resume:
-        load_exported_unet(unet, config.train.init_from, bundle.class_names)
-        ema = Ema(unet, config.train.ema_decay)
-        modules["ema"] = ema.model
-        print(f"starting from the UNet of {config.train.init_from}")
     if resume:
         tensors, info = run.load("last")
         restore_model(modules, tensors, info)
