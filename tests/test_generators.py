@@ -270,7 +270,7 @@ def test_the_pipeline_refuses_what_it_cannot_do(tiny_generator):
     assert array.shape == (1, 16, 16, 3) and 0 <= array.min() <= array.max() <= 1
 
 
-SHIPPED_UNET_SHA256 = "bf401c0a9fe93991856d28e22696110e3a370657374ad7869c73695c03f03681"  # the weights as trained
+SHIPPED_UNET_SHA256 = "e20bd28985edc3a27ac10640fbef95d9df4c1bbd67bc74e9c950bff6d5633edc"  # the weights as trained
 
 
 def test_shipped_generator_is_a_diffusers_pipeline_around_its_trained_weights(remote_code_cache):
@@ -333,8 +333,9 @@ def generator_folder(tmp_path):
 def test_shipped_generator_info_reads_and_rewrites_byte_for_byte(tmp_path):
     info = read_generator_info(SHIPPED_GENERATOR)
     assert info.name == "cifar10_lt_class_conditional_ddim" and len(info.class_names) == 10
-    assert (info.image_size, info.null_class_index, info.default_steps, info.default_guidance) == (32, 10, 10, 3.0)
-    assert info.supports_guidance and info.training["steps"] == 3600 and "sampling_defaults_note" in info.extra
+    assert (info.image_size, info.null_class_index, info.default_steps, info.default_guidance) == (32, 10, 10, 7.0)
+    assert info.supports_guidance and "sampling_defaults_note" in info.extra
+    assert (info.training["steps"], info.training["continued_from"]["steps"]) == (1500, 3600)  # trained further
     assert is_generator_folder(SHIPPED_GENERATOR) and not is_generator_folder(tmp_path)
     written = write_generator_info(tmp_path, info)
     assert written.read_bytes() == (SHIPPED_GENERATOR / "generator.json").read_bytes()
