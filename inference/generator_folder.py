@@ -4,7 +4,8 @@ A LongTail Studio generator is a folder holding
 
     generator.json   what the model is: GENERATOR_FORMAT, class names and counts, image size, the "no class"
                      index for classifier-free guidance, default sampling settings, how it was trained
-    unet/            a diffusers UNet2DModel with class embeddings (safetensors)
+    unet/            a diffusers UNet2DModel with class embeddings (safetensors), and optionally model.onnx,
+                     its ONNX export for fp32 sampling on CPU (inference/onnx_unet.py; diffusers ignores it)
     scheduler/       the diffusers DDIM scheduler to sample with
     README.md        its card, for people (and the Hub)
     model_index.json the diffusers pipeline config: the components and `pipeline_config(info)`

@@ -16,6 +16,10 @@ class dropout (the extra "no class" embedding is the last index). It samples thr
 `inference.pipeline.ClassConditionalPipeline`, the diffusers pipeline diffusers itself loads from the folder,
 so both give the same images for the same seeds.
 
+On CPU in fp32 it predicts the noise with the UNet's ONNX export (unet/model.onnx, inference/onnx_unet.py)
+when the folder has one: the same numbers to a few 1e-6 (an image within one pixel level of PyTorch's),
+1.5-2.4x faster. `generator.runtime` says which it uses ("onnxruntime" or "torch"); bf16 means torch.
+
 `generator.sampling_settings(class_index, steps, guidance)` says which steps and guidance a `generate` call
 with those arguments uses, checked the same way.
 """
@@ -41,6 +45,7 @@ from inference.generator_folder import (
     read_generator_info,
 )
 from inference.hub import HubError, resolve_generator_source
+from inference.onnx_unet import OnnxUNet, open_onnx_unet
 from inference.precision import has_native_bf16
 
 if TYPE_CHECKING:  # diffusers is imported when a generator is loaded, not with this module
@@ -96,6 +101,7 @@ class ClassConditionalGenerator(Sampling):
     info: GeneratorInfo
     source: str
     bf16: bool = True  # autocast the UNet to bfloat16 (load() turns it off where bf16 is emulated)
+    onnx_unet: OnnxUNet | None = None  # the UNet's ONNX export, used for fp32 on CPU; None: PyTorch only
     kind: str = "class_conditional"
 
     @classmethod
@@ -115,10 +121,15 @@ class ClassConditionalGenerator(Sampling):
             scheduler = DDIMScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
         except (OSError, ValueError) as error:
             raise GeneratorError(f"{directory} holds no loadable UNet / scheduler: {error}") from error
+        try:
+            onnx_unet = open_onnx_unet(directory / "unet") if torch.device(device).type == "cpu" else None
+        except ValueError as error:  # a stale or broken export: never sample through it
+            raise GeneratorError(str(error)) from error
         pipeline = ClassConditionalPipeline(unet.to(device).eval(), scheduler, **pipeline_config(info))
         pipeline.set_progress_bar_config(disable=True)
         # On a CPU without bf16 kernels (AVX2 only) bf16 sampling is emulated and 20-36x slower than fp32.
-        return cls(pipeline, info, str(directory), bf16=has_native_bf16(torch.device(device).type))
+        return cls(pipeline, info, str(directory), bf16=has_native_bf16(torch.device(device).type),
+                   onnx_unet=onnx_unet)
 
     @property
     def class_names(self) -> list[str]:
@@ -140,9 +151,14 @@ class ClassConditionalGenerator(Sampling):
     def supports_guidance(self) -> bool:
         return self.info.supports_guidance
 
+    @property
+    def runtime(self) -> str:
+        """What predicts the noise in `generate`: "onnxruntime" (fp32, CPU, an export present) or "torch"."""
+        return "onnxruntime" if self.onnx_unet is not None and not self.bf16 else "torch"
+
     def describe(self) -> dict:
         return {"kind": self.kind, "source": self.source, "model_id": self.info.name,
-                "trained": self.info.training, "sampler": "DDIM (eta 0)"}
+                "trained": self.info.training, "sampler": "DDIM (eta 0)", "runtime": self.runtime}
 
     def prompt(self, class_index: int, index: int) -> str | None:
         return None
@@ -154,7 +170,8 @@ class ClassConditionalGenerator(Sampling):
         steps, guidance = self.sampling_settings(class_index, steps, guidance)
         generators = seeded_generators(image_seeds(seed, class_index, first_index, count))
         output = self.pipeline(class_labels=[class_index] * count, num_inference_steps=steps, guidance_scale=guidance,
-                               generator=generators, bf16=self.bf16, callback_on_step_end=report_steps(progress, steps))
+                               generator=generators, bf16=self.bf16, callback_on_step_end=report_steps(progress, steps),
+                               noise_model=self.onnx_unet if self.runtime == "onnxruntime" else None)
         return output.images
 
 

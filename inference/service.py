@@ -290,7 +290,8 @@ class GeneratorOpener:
         if is_generator_folder(source):
             generator = open_generator(source, device=self._device())
             # fp32 makes an image independent of how many were asked for (bf16 rounding depends on the
-            # batch). It costs time: 1.5x per image at 4 images on CPU, 2.1x at 16 (docs/benchmarks.md).
+            # batch). It costs time: 1.5x per image at 4 images on CPU, 2.1x at 16 (docs/benchmarks.md), which
+            # the UNet's ONNX export mostly wins back (open_generator samples fp32 on CPU through it).
             generator.bf16 = False
             return generator
         if classifier is None:  # not remembered: a later request with a model can open it

@@ -10,6 +10,7 @@
     python -m training annotate model.onnx --data data/cifar10.npz   (τ curve + long-tail report into its card)
     python -m training extract-features --checkpoint DIR --output features.safetensors
     python -m training train-generator --config configs/generator/cifar10_lt.yaml --output-dir DIR [--resume]
+    python -m training export-unet GENERATOR_DIR   (its UNet as unet/model.onnx: faster fp32 sampling on CPU)
     python -m training synthesize --generator DIR_OR_HUB_ID --config configs/cifar10_lt/ce.yaml --output DIR
     torchrun --standalone --nproc_per_node=N -m training synthesize ... (the same files as one process)
     python -m training check-synthetic --synthetic DIR --model model.onnx [--sample-per-class N]
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     generator.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     generator.add_argument("--output-dir", required=True, help="checkpoints; the finished generator goes to DIR/generator")
     generator.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+
+    export_unet = commands.add_parser("export-unet", help="write a generator folder's UNet as unet/model.onnx, which "
+                                                          "fp32 sampling on CPU then runs with ONNX Runtime")
+    export_unet.add_argument("folder", help="a generator folder (generator.json, unet/, scheduler/)")
 
     synthesize = commands.add_parser("synthesize", help="top up every class with generated images (resumable)")
     synthesize.add_argument("--generator", required=True,
@@ -190,6 +195,12 @@ def _train_generator(args) -> None:
     train_generator(_config(args, load_generator_config, resume_generator_config), args.output_dir, resume=args.resume)
 
 
+def _export_unet(args) -> None:
+    from training.unet_export import export_generator_unet
+
+    export_generator_unet(args.folder)
+
+
 def _synthesize(args) -> None:
     from training.synthesize import synthesize_from_args
 
@@ -217,7 +228,7 @@ def _push(args) -> None:
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "annotate": _annotate,
             "extract-features": _extract_features,
-            "train-generator": _train_generator, "synthesize": _synthesize, "check-synthetic": _check_synthetic,
+            "train-generator": _train_generator, "export-unet": _export_unet, "synthesize": _synthesize, "check-synthetic": _check_synthetic,
             "push": _push, "analyze": _analyze}
 
 
@@ -251,6 +262,7 @@ def main(argv=None) -> int:
     from training.config import ConfigError
     from training.export import ExportError
     from training.push import PushError
+    from training.unet_export import UNetExportError
 
     try:
         COMMANDS[args.command](args)
@@ -259,7 +271,8 @@ def main(argv=None) -> int:
         if code is None:
             raise
         return code
-    except (ConfigError, CheckpointError, ExportError, ImageLoadError, GeneratorError, PushError) as error:
+    except (ConfigError, CheckpointError, ExportError, ImageLoadError, GeneratorError, PushError,
+            UNetExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
