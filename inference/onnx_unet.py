@@ -64,8 +64,13 @@ def open_onnx_unet(unet_folder: str | Path) -> OnnxUNet | None:
     path = Path(unet_folder) / ONNX_UNET_FILE
     if not path.is_file():
         return None
+    options = ort.SessionOptions()
+    # As many threads as PyTorch would use (torchrun sets 1 per process), not ONNX Runtime's one per core,
+    # so several synthesize processes on one machine do not oversubscribe it.
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for unreadable or invalid graphs
         raise ValueError(f"{path} is not a readable ONNX model: {str(error).splitlines()[0]}") from error
     names = tuple(node.name for node in session.get_inputs())

@@ -121,7 +121,10 @@ def test_interrupted_training_resumes_from_the_command_line(tmp_path, tiny_cifar
                  "run.amp=none"]
     command = [sys.executable, "-m", "training", "train", "--config", "configs/cifar10_lt/ce.yaml",
                *[arg for override in overrides for arg in ("--set", override)], "--output-dir", str(run)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored: restore the
+    # default in the child, so that the test means the same however pytest itself was started.
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (run / "last.json").exists() and time.time() < deadline:
         time.sleep(0.2)
