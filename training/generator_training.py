@@ -38,6 +38,7 @@ from inference.generator_folder import (
     read_generator_info,
     write_generator_info,
 )
+from inference.onnx_unet import UNET_WEIGHTS_FILE
 from training.checkpoint import git_revision, restore_model, restore_optimizer
 from training.config import ConfigError, DataConfig, RunConfig, parse_options, read_config_tree, validate_run
 from training.data.lt_data import build_datasets
@@ -155,11 +156,11 @@ def load_exported_unet(unet, folder: str | Path, class_names: list[str]) -> None
     if info.class_names != list(class_names):
         raise ConfigError(f"train.init_from: {folder} was trained on the classes {info.class_names}, "
                           f"not {list(class_names)}")
-    weights = sorted((folder / "unet").glob("*.safetensors"))
-    if not weights:
-        raise ConfigError(f"train.init_from: {folder / 'unet'} holds no .safetensors weights")
+    weights = folder / "unet" / UNET_WEIGHTS_FILE
+    if not weights.is_file():
+        raise ConfigError(f"train.init_from: {folder / 'unet'} holds no {UNET_WEIGHTS_FILE}")
     try:
-        unet.load_state_dict(load_file(weights[0]))
+        unet.load_state_dict(load_file(weights))
     except RuntimeError as error:  # missing / unexpected keys or other shapes: another UNet layout
         raise ConfigError(f"train.init_from: {folder}'s UNet does not match this config's unet section "
                           f"(set unet.* and image_size as it was trained): {str(error).splitlines()[0]}") from error
