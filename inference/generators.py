@@ -158,7 +158,8 @@ class ClassConditionalGenerator(Sampling):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "source": self.source, "model_id": self.info.name,
-                "trained": self.info.training, "sampler": "DDIM (eta 0)", "runtime": self.runtime}
+                "trained": self.info.training, "sampler": "DDIM (eta 0)", "runtime": self.runtime,
+                "precision": "bf16" if self.bf16 else "fp32"}
 
     def prompt(self, class_index: int, index: int) -> str | None:
         return None

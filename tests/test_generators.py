@@ -463,6 +463,11 @@ def test_synthesize_tops_up_resumes_and_records(tiny_generator, tiny_cifar_npz, 
     for a, b in zip(once.paths, twice.paths):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     assert twice.manifest["generator"]["kind"] == "class_conditional" and twice.manifest["steps"] == 2
+    assert twice.manifest["generator"]["precision"] == ("bf16" if generator.bf16 else "fp32")
+    generator.bf16 = not generator.bf16  # bf16 images differ from fp32 ones: a resumed set keeps its first precision
+    with pytest.raises(Exception, match=r"different settings \(generator\)"):
+        synthesis.synthesize(generator, CLASS_NAMES, wanted, tmp_path / "resumed", steps=2, progress=False)
+    generator.bf16 = not generator.bf16
 
     with pytest.raises(Exception, match="different settings"):
         synthesis.synthesize(generator, CLASS_NAMES, wanted, tmp_path / "resumed", steps=3, progress=False)
@@ -598,6 +603,10 @@ def test_text_to_image_synthesize_cli(tiny_pipeline, tiny_cifar_npz, tmp_path):
     assert Image.open(synthetic.paths[0]).size == (32, 32)
     assert synthetic.manifest["generator"]["kind"] == "text_to_image"
     assert synthetic.manifest["guidance"] == 1.5
+    refused = run_cli("synthesize", "--generator", str(tiny_pipeline), "--config", "configs/cifar10_lt/ce.yaml",
+                      *overrides(*data), "--output", str(tmp_path / "bf16"), "--precision", "bf16", check=False)
+    assert refused.returncode == 2 and "--precision applies to our class-conditional" in refused.stderr
+    assert not (tmp_path / "bf16").exists()
 
 
 def test_missing_hub_model_offline_is_a_clear_error(tmp_path):
