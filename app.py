@@ -22,9 +22,9 @@ API (gradio_client), one call for any number of images:
     # top 5 classes, τ = 0.5 (post-hoc logit adjustment; 0 = as trained)
     gallery, cards, top_classes, summary, messages, records = client.predict(
         "cifar10_lt_ce_resnet32.onnx", [handle_file("cat.png")], 5, 0.5, api_name="/classify")
-    # 4 frog images, 10 steps, seed 0, guidance 7; True: keep only those the model recognises as frogs
+    # 4 frog images, 7 steps, seed 0, guidance 7; True: keep only those the model recognises as frogs
     cards, zip_file, summary, records = client.predict(
-        "cifar10_lt_ce_resnet32.onnx", "frog", 4, 10, 0, 7.0, False, api_name="/generate")
+        "cifar10_lt_ce_resnet32.onnx", "frog", 4, 7, 0, 7.0, False, api_name="/generate")
 
 `records` of /classify is the same JSON as `python -m inference predict` prints: one object per image;
 /generate's says, for every image, its seed and what the model recognises in it. The other outputs are the

@@ -374,7 +374,7 @@ def generator_folder(tmp_path):
 def test_shipped_generator_info_reads_and_rewrites_byte_for_byte(tmp_path):
     info = read_generator_info(SHIPPED_GENERATOR)
     assert info.name == "cifar10_lt_class_conditional_ddim" and len(info.class_names) == 10
-    assert (info.image_size, info.null_class_index, info.default_steps, info.default_guidance) == (32, 10, 10, 7.0)
+    assert (info.image_size, info.null_class_index, info.default_steps, info.default_guidance) == (32, 10, 7, 7.0)
     assert info.supports_guidance and "sampling_defaults_note" in info.extra
     assert (info.training["steps"], info.training["continued_from"]["steps"]) == (1500, 3600)  # trained further
     assert is_generator_folder(SHIPPED_GENERATOR) and not is_generator_folder(tmp_path)
