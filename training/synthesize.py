@@ -369,11 +369,11 @@ def _synthesize_on(config, args, device: str) -> dict:
         if unknown:
             raise ConfigError(f"--classes: unknown classes {unknown}; the dataset has {class_names}")
         wanted = [w if name in chosen else 0 for name, w in zip(class_names, wanted)]
+    if args.precision != "auto" and not is_generator_folder(args.generator):  # refused before loading a Hub model
+        raise ConfigError(f"--precision applies to our class-conditional generators, not to {args.generator}")
     generator = open_generator(args.generator, class_names, image_size, revision=args.revision, device=device,
                                **_text_to_image_options(args))
     if args.precision != "auto":
-        if not hasattr(generator, "bf16"):
-            raise ConfigError(f"--precision applies to our class-conditional generators, not to {args.generator}")
         generator.bf16 = args.precision == "bf16"
     if generator.image_size != image_size:
         raise GeneratorError(f"the generator makes {generator.image_size}px images, but {config.model.name} "
