@@ -100,7 +100,7 @@ class ClassConditionalGenerator(Sampling):
     pipeline: ClassConditionalPipeline
     info: GeneratorInfo
     source: str
-    bf16: bool = True  # autocast the UNet to bfloat16 (load() turns it off where bf16 is emulated)
+    bf16: bool = True  # autocast the UNet to bfloat16 (load() turns it off where an export or emulation says so)
     onnx_unet: OnnxUNet | None = None  # the UNet's ONNX export, used for fp32 on CPU; None: PyTorch only
     kind: str = "class_conditional"
 
@@ -127,9 +127,11 @@ class ClassConditionalGenerator(Sampling):
             raise GeneratorError(str(error)) from error
         pipeline = ClassConditionalPipeline(unet.to(device).eval(), scheduler, **pipeline_config(info))
         pipeline.set_progress_bar_config(disable=True)
-        # On a CPU without bf16 kernels (AVX2 only) bf16 sampling is emulated and 20-36x slower than fp32.
-        return cls(pipeline, info, str(directory), bf16=has_native_bf16(torch.device(device).type),
-                   onnx_unet=onnx_unet)
+        # With an export, fp32 through ONNX Runtime: faster than bf16 PyTorch at batch 1, 4 and 128 even on
+        # AVX-512 (docs/benchmarks.md), and the same images on every CPU, so a synthetic set begun on one machine
+        # resumes on another. Without one, bf16 only where it has kernels: on AVX2 it is emulated, 20-36x slower.
+        bf16 = onnx_unet is None and has_native_bf16(torch.device(device).type)
+        return cls(pipeline, info, str(directory), bf16=bf16, onnx_unet=onnx_unet)
 
     @property
     def class_names(self) -> list[str]:
