@@ -128,7 +128,7 @@ class ClassConditionalGenerator(Sampling):
         pipeline = ClassConditionalPipeline(unet.to(device).eval(), scheduler, **pipeline_config(info))
         pipeline.set_progress_bar_config(disable=True)
         # With an export, fp32 through ONNX Runtime: faster than bf16 PyTorch at batch 1, 4 and 128 even on
-        # AVX-512 (docs/benchmarks.md), and the same images on every CPU, so a synthetic set begun on one machine
+        # AVX-512 (docs/benchmarks.md), and one precision on every CPU, so a synthetic set begun on one machine
         # resumes on another. Without one, bf16 only where it has kernels: on AVX2 it is emulated, 20-36x slower.
         bf16 = onnx_unet is None and has_native_bf16(torch.device(device).type)
         return cls(pipeline, info, str(directory), bf16=bf16, onnx_unet=onnx_unet)

@@ -110,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--filter-threshold", type=float, default=0.5)
     synthesize.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     synthesize.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                            help="our generators only: auto = fp32 through the UNet's ONNX export on CPU (the same images "
-                                 "on every CPU); else bf16 autocast where the device has bf16 kernels, else fp32; the "
+                            help="our generators only: auto = fp32 through the UNet's ONNX export on CPU (any CPU can "
+                                 "resume the set); else bf16 autocast where the device has bf16 kernels, else fp32; the "
                                  "manifest records it, so a resumed set keeps its first run's precision")
 
     check = commands.add_parser("check-synthetic",
