@@ -127,7 +127,7 @@ def test_a_generator_samples_its_onnx_export_in_fp32_else_bf16_only_where_the_de
     (folder / "unet" / "model.onnx").unlink()
     for native in (False, True):  # AVX2-only CPUs emulate bf16, 20-36x slower than fp32 for this UNet
         monkeypatch.setattr(inference.generators, "has_native_bf16", lambda device_type: native)
-        exported = open_generator(tiny_generator[1])  # the same images on every CPU, whatever its kernels
+        exported = open_generator(tiny_generator[1])  # fp32 on every CPU, whatever its kernels
         assert not exported.bf16 and exported.runtime == "onnxruntime"
         assert open_generator(folder).bf16 is native
 
